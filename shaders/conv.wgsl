@@ -1,0 +1,125 @@
+// Direct k×k convolution, dense or grouped (depthwise is groups = channels), any stride, dilation,
+// zero or reflect padding, weights from any buffer (static or predicted at run time, per sample
+// or shared), with the fused epilogue: per-channel scale and shift (bias, folded batch norm),
+// activation, residual add.
+//
+// Work unit: one output quad (4 consecutive positions of one output row) for `conv_single`, and
+// four output channels of one group × one quad for `conv_tile4` (each input load feeds 4 FMAs).
+
+#include common
+#storage x 0 read
+#storage w 1 read
+@group(0) @binding(2) var<storage, read> ep: array<f32>; // [scale(C) | shift(C) | prelu(C)]
+#storage res 3 read
+#storage y 4 read_write
+
+struct Params {
+    n: u32, cin: u32, h: u32, w: u32,
+    cout: u32, ho: u32, wo: u32, kh: u32,
+    kw: u32, sy: u32, sx: u32, py: u32,
+    px: u32, dy: u32, dx: u32, cin_g: u32,
+    cout_g: u32, reflect: u32, w_nstride: u32, w_ostride: u32,
+    act: u32, res_mode: u32, prelu_pc: u32, slope: f32,
+}
+@group(0) @binding(5) var<uniform> p: Params;
+
+// Input offsets of the 4 output positions of quad q for tap (ky, kx); -1 marks padding.
+fn taps(q: u32, ky: u32, kx: u32) -> vec4<i32> {
+    var o = vec4<i32>(-1);
+    let plane = p.ho * p.wo;
+    for (var j = 0u; j < 4u; j++) {
+        let pos = 4u * q + j;
+        if (pos >= plane) { continue; }
+        let oy = pos / p.wo;
+        let ox = pos - oy * p.wo;
+        let iy = pad_index(i32(oy * p.sy + ky * p.dy) - i32(p.py), i32(p.h), p.reflect != 0u);
+        let ix = pad_index(i32(ox * p.sx + kx * p.dx) - i32(p.px), i32(p.w), p.reflect != 0u);
+        if (iy >= 0 && ix >= 0) { o[j] = iy * i32(p.w) + ix; }
+    }
+    return o;
+}
+
+fn load_x(base: u32, off: vec4<i32>) -> vec4<f32> {
+    var v = vec4<f32>(0.0);
+    for (var j = 0u; j < 4u; j++) {
+        if (off[j] >= 0) { v[j] = x_ld(base + u32(off[j])); }
+    }
+    return v;
+}
+
+fn epilogue(acc: vec4<f32>, n: u32, o: u32, q: u32) {
+    let plane = p.ho * p.wo;
+    let yq = ((n * p.cout + o) * ((plane + 3u) & ~3u)) / 4u + q;
+    var v = acc * ep[o] + ep[p.cout + o];
+    var r = vec4<f32>(0.0);
+    if (p.res_mode != RES_NONE) { r = res_ld4(yq); }
+    if (p.res_mode == RES_BEFORE_ACT) { v += r; }
+    var slope = p.slope;
+    if (p.prelu_pc != 0u) { slope = ep[2u * p.cout + o]; }
+    v = activate(v, p.act, slope);
+    if (p.res_mode == RES_AFTER_ACT) { v += r; }
+    y_st4(yq, select(vec4<f32>(0.0), v, lane_mask(q, plane)));
+}
+
+@compute @workgroup_size(64)
+fn conv_single(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let t = flat_id(gid, nwg);
+    let qpr = (p.ho * p.wo + 3u) / 4u;
+    if (t >= qpr * p.cout * p.n) { return; }
+    let q = t % qpr;
+    let o = (t / qpr) % p.cout;
+    let n = t / (qpr * p.cout);
+    let g = o / p.cout_g;
+    let xs = (p.h * p.w + 3u) & ~3u;
+    let wbase = n * p.w_nstride + o * p.w_ostride;
+    var acc = vec4<f32>(0.0);
+    for (var ky = 0u; ky < p.kh; ky++) {
+        for (var kx = 0u; kx < p.kw; kx++) {
+            let off = taps(q, ky, kx);
+            for (var i = 0u; i < p.cin_g; i++) {
+                let xb = (n * p.cin + g * p.cin_g + i) * xs;
+                acc += load_x(xb, off) * w_ld(wbase + (i * p.kh + ky) * p.kw + kx);
+            }
+        }
+    }
+    epilogue(acc, n, o, q);
+}
+
+@compute @workgroup_size(64)
+fn conv_tile4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let t = flat_id(gid, nwg);
+    let qpr = (p.ho * p.wo + 3u) / 4u;
+    let tiles_g = (p.cout_g + 3u) / 4u;
+    let groups = p.cout / p.cout_g;
+    if (t >= qpr * tiles_g * groups * p.n) { return; }
+    let q = t % qpr;
+    let tile = (t / qpr) % (tiles_g * groups);
+    let n = t / (qpr * tiles_g * groups);
+    let g = tile / tiles_g;
+    let o0 = g * p.cout_g + (tile % tiles_g) * 4u;
+    let nv = min(4u, (g + 1u) * p.cout_g - o0); // valid channels in this tile
+    let xs = (p.h * p.w + 3u) & ~3u;
+    let wb = n * p.w_nstride + o0 * p.w_ostride;
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    let wlast = (nv - 1u) * p.w_ostride; // clamp weight reads of missing channels in range
+    for (var ky = 0u; ky < p.kh; ky++) {
+        for (var kx = 0u; kx < p.kw; kx++) {
+            let off = taps(q, ky, kx);
+            for (var i = 0u; i < p.cin_g; i++) {
+                let xv = load_x((n * p.cin + g * p.cin_g + i) * xs, off);
+                let wi = wb + (i * p.kh + ky) * p.kw + kx;
+                acc0 += xv * w_ld(wi);
+                acc1 += xv * w_ld(wi + min(p.w_ostride, wlast));
+                acc2 += xv * w_ld(wi + min(2u * p.w_ostride, wlast));
+                acc3 += xv * w_ld(wi + min(3u * p.w_ostride, wlast));
+            }
+        }
+    }
+    epilogue(acc0, n, o0, q);
+    if (nv > 1u) { epilogue(acc1, n, o0 + 1u, q); }
+    if (nv > 2u) { epilogue(acc2, n, o0 + 2u, q); }
+    if (nv > 3u) { epilogue(acc3, n, o0 + 3u, q); }
+}

@@ -1,0 +1,154 @@
+//! A recorded kernel launch: pipeline, bind group and grid, built once and recorded every frame.
+
+use super::Context;
+use crate::error::Result;
+
+/// Invocations per workgroup of every one-dimensional kernel (`WG` in `shaders/common.wgsl`).
+pub const WORKGROUP: u32 = 64;
+
+/// Work a dispatch does, for GFLOP/s and GB/s figures.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DispatchStats {
+    /// Floating-point operations (a multiply-add counts 2).
+    pub flops: u64,
+    /// Bytes read and written in global memory (each input counted once).
+    pub bytes: u64,
+}
+
+/// One kernel launch, ready to record into any compute pass. Building it (pipeline lookup, uniform
+/// buffer, bind group) happens once; recording it allocates nothing.
+#[derive(Clone, Debug)]
+pub struct Dispatch {
+    /// Kernel name shown by the profiler.
+    pub label: String,
+    /// The compiled pipeline.
+    pub pipeline: wgpu::ComputePipeline,
+    /// Its resources.
+    pub bind_group: wgpu::BindGroup,
+    /// Workgroup counts.
+    pub workgroups: [u32; 3],
+    /// FLOPs and bytes, for throughput figures.
+    pub stats: DispatchStats,
+    /// Keeps the uniform buffer alive as long as the dispatch.
+    pub uniforms: Option<wgpu::Buffer>,
+}
+
+impl Dispatch {
+    /// Records this launch into `pass`.
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        pass.dispatch_workgroups(self.workgroups[0], self.workgroups[1], self.workgroups[2]);
+    }
+}
+
+/// Records several launches in order into one pass (barriers between them are wgpu's).
+pub fn record(pass: &mut wgpu::ComputePass<'_>, dispatches: &[&Dispatch]) {
+    for d in dispatches {
+        d.record(pass);
+    }
+}
+
+/// Workgroup grid for `invocations` threads in groups of `wg`: x up to 65535, the rest in y.
+/// Kernels rebuild the flat index as `gid.x + gid.y * nwg.x * WG` and skip indices past the end.
+pub fn grid(invocations: u64, wg: u32) -> [u32; 3] {
+    let groups = invocations.div_ceil(wg as u64).max(1);
+    if groups <= 65535 {
+        [groups as u32, 1, 1]
+    } else {
+        let y = groups.div_ceil(65535);
+        [groups.div_ceil(y) as u32, y as u32, 1]
+    }
+}
+
+impl Context {
+    /// Records `dispatches` into one compute pass of a new encoder and submits it (no wait).
+    pub fn run(&self, dispatches: &[&Dispatch]) -> Result<()> {
+        let mut enc = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("fswap run"),
+            });
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("fswap"),
+                timestamp_writes: None,
+            });
+            record(&mut pass, dispatches);
+        }
+        self.queue.submit([enc.finish()]);
+        self.check("submit")
+    }
+
+    /// A uniform buffer holding `data` (created once, at dispatch build time).
+    pub fn uniform<T: bytemuck::Pod>(&self, label: &str, data: &T) -> wgpu::Buffer {
+        use wgpu::util::DeviceExt;
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytemuck::bytes_of(data),
+                usage: wgpu::BufferUsages::UNIFORM,
+            })
+    }
+
+    /// Builds a [`Dispatch`]: `buffers` are bound at bindings 0.. in order, the uniform last.
+    pub fn dispatch<T: bytemuck::Pod>(
+        &self,
+        label: impl Into<String>,
+        pipeline: wgpu::ComputePipeline,
+        buffers: &[&wgpu::Buffer],
+        params: &T,
+        workgroups: [u32; 3],
+        stats: DispatchStats,
+    ) -> Dispatch {
+        let label = label.into();
+        let uniforms = self.uniform(&label, params);
+        let mut entries: Vec<wgpu::BindGroupEntry> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: b.as_entire_binding(),
+            })
+            .collect();
+        entries.push(wgpu::BindGroupEntry {
+            binding: buffers.len() as u32,
+            resource: uniforms.as_entire_binding(),
+        });
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(&label),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        Dispatch {
+            label,
+            pipeline,
+            bind_group,
+            workgroups,
+            stats,
+            uniforms: Some(uniforms),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grid;
+
+    #[test]
+    fn grid_covers_and_respects_limit() {
+        for n in [
+            1u64,
+            63,
+            64,
+            65,
+            65535 * 64,
+            65535 * 64 + 1,
+            10_000_000_000 / 64,
+        ] {
+            let g = grid(n, 64);
+            assert!(g[0] <= 65535 && g[1] <= 65535);
+            assert!(g[0] as u64 * g[1] as u64 * 64 >= n);
+        }
+    }
+}

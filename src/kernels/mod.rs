@@ -1,0 +1,56 @@
+//! Kernel families: each module owns the pipelines, bind layout and dispatch math of the WGSL file
+//! of the same name in `shaders/`. A kernel is configured once (weights, constants), then bound to
+//! tensors into a [`Dispatch`](crate::gpu::Dispatch) that can be recorded every frame.
+
+pub mod conv;
+
+mod epilogue;
+
+pub use epilogue::{Activation, Epilogue, Residual};
+
+use crate::error::{Error, Result};
+use crate::tensor::{Shape, Tensor};
+
+/// Checks that `t` has exactly `want`, naming the role and operation.
+pub(crate) fn expect_shape(op: &str, role: &str, t: &Tensor, want: Shape) -> Result<()> {
+    if t.shape() != want {
+        return Err(Error::shape(
+            op,
+            format!(
+                "{role} expected {:?}, found {:?}",
+                want.dims(),
+                t.shape().dims()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a strictly positive parameter.
+pub(crate) fn positive(op: &str, name: &str, v: usize) -> Result<()> {
+    if v == 0 {
+        return Err(Error::param(op, format!("{name} must be at least 1")));
+    }
+    Ok(())
+}
+
+/// An f32 storage buffer holding `data` (kernel constants: epilogue vectors, norm statistics).
+pub(crate) fn f32_buffer(ctx: &crate::gpu::Context, label: &str, data: &[f32]) -> wgpu::Buffer {
+    use wgpu::util::DeviceExt;
+    let padded: Vec<f32> = if data.is_empty() {
+        vec![0.0; 4]
+    } else {
+        data.to_vec()
+    };
+    ctx.device
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: bytemuck::cast_slice(&padded),
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+        })
+}
+
+/// Bytes of a tensor's logical contents at fp16.
+pub(crate) fn half_bytes(s: Shape) -> u64 {
+    s.numel() as u64 * 2
+}

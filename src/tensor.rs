@@ -108,7 +108,7 @@ impl Tensor {
                 shape: shape.dims(),
             });
         }
-        let limit = ctx.limits().max_storage_buffer_binding_size as u64;
+        let limit = ctx.limits().max_storage_buffer_binding_size;
         if shape.bytes() > limit {
             return Err(Error::TooLarge {
                 what: format!("{what} {:?}", shape.dims()),

@@ -20,6 +20,16 @@ use crate::error::{Error, Result};
 pub const SOURCES: &[(&str, &str)] = &[
     ("common", include_str!("../../shaders/common.wgsl")),
     ("conv", include_str!("../../shaders/conv.wgsl")),
+    ("pointwise", include_str!("../../shaders/pointwise.wgsl")),
+    ("linear", include_str!("../../shaders/linear.wgsl")),
+    ("modulate", include_str!("../../shaders/modulate.wgsl")),
+    ("norm", include_str!("../../shaders/norm.wgsl")),
+    ("fusion", include_str!("../../shaders/fusion.wgsl")),
+    ("resample", include_str!("../../shaders/resample.wgsl")),
+    ("pool", include_str!("../../shaders/pool.wgsl")),
+    ("eltwise", include_str!("../../shaders/eltwise.wgsl")),
+    ("concat", include_str!("../../shaders/concat.wgsl")),
+    ("reduce", include_str!("../../shaders/reduce.wgsl")),
 ];
 
 /// Files that are only included by others and have no entry point of their own.
@@ -133,7 +143,15 @@ pub fn validate(name: &str, path: StoragePath) -> Result<(naga::Module, naga::va
     let text = preprocess(name, path)?;
     let module = naga::front::wgsl::parse_str(&text)
         .map_err(|e| shader_err(name, path, e.emit_to_string(&text)))?;
-    let caps = naga::valid::Capabilities::SHADER_FLOAT16 | naga::valid::Capabilities::SUBGROUP;
+    // The packed path must validate without f16 support: that is the whole point of it.
+    // pack2x16float/unpack2x16float need only SHADER_FLOAT16_IN_FLOAT32, which every wgpu backend has.
+    let caps = match path {
+        StoragePath::F16 => {
+            naga::valid::Capabilities::SHADER_FLOAT16
+                | naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32
+        }
+        StoragePath::Packed => naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32,
+    };
     let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
         .validate(&module)
         .map_err(|e| shader_err(name, path, e.emit_to_string(&text)))?;

@@ -97,7 +97,7 @@ impl ConvSpec {
         ] {
             positive(op, name, v)?;
         }
-        if self.cin % self.groups != 0 || self.cout % self.groups != 0 {
+        if !self.cin.is_multiple_of(self.groups) || !self.cout.is_multiple_of(self.groups) {
             return Err(Error::param(
                 op,
                 format!(

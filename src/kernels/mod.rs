@@ -2,7 +2,17 @@
 //! of the same name in `shaders/`. A kernel is configured once (weights, constants), then bound to
 //! tensors into a [`Dispatch`](crate::gpu::Dispatch) that can be recorded every frame.
 
+pub mod concat;
 pub mod conv;
+pub mod eltwise;
+pub mod fusion;
+pub mod linear;
+pub mod modulate;
+pub mod norm;
+pub mod pointwise;
+pub mod pool;
+pub mod reduce;
+pub mod resample;
 
 mod epilogue;
 

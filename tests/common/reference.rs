@@ -93,3 +93,171 @@ pub fn act(kind: &str, v: f64, slope: f64) -> f64 {
         other => panic!("unknown activation {other}"),
     }
 }
+
+/// Matrix product per sample: y[n, o, p] = Σ_i w[n?][o, i]·x[n, i, p].
+pub fn pointwise(
+    x: &[f64],
+    n: usize,
+    cin: usize,
+    plane: usize,
+    w: &[f64],
+    cout: usize,
+    per_sample: bool,
+) -> Vec<f64> {
+    let mut y = vec![0f64; n * cout * plane];
+    for b in 0..n {
+        let wb = if per_sample { b * cout * cin } else { 0 };
+        for o in 0..cout {
+            for i in 0..cin {
+                let wv = w[wb + o * cin + i];
+                for p in 0..plane {
+                    y[(b * cout + o) * plane + p] += wv * x[(b * cin + i) * plane + p];
+                }
+            }
+        }
+    }
+    y
+}
+
+/// StyleGAN2 modulation: returns W'[n, o, i].
+pub fn modulate(
+    w: &[f64],
+    cout: usize,
+    cin: usize,
+    s: &[f64],
+    n: usize,
+    bias: f64,
+    demod: bool,
+    eps: f64,
+) -> Vec<f64> {
+    let mut out = vec![0f64; n * cout * cin];
+    for b in 0..n {
+        for o in 0..cout {
+            let row: Vec<f64> = (0..cin)
+                .map(|i| w[o * cin + i] * (s[b * cin + i] + bias))
+                .collect();
+            let d = if demod {
+                1.0 / (row.iter().map(|v| v * v).sum::<f64>() + eps).sqrt()
+            } else {
+                1.0
+            };
+            for i in 0..cin {
+                out[(b * cout + o) * cin + i] = row[i] * d;
+            }
+        }
+    }
+    out
+}
+
+/// Per-row mean and biased variance.
+pub fn row_stats(row: &[f64]) -> (f64, f64) {
+    let m = row.iter().sum::<f64>() / row.len() as f64;
+    (
+        m,
+        row.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / row.len() as f64,
+    )
+}
+
+/// Bilinear resize with PyTorch semantics.
+pub fn bilinear(
+    x: &[f64],
+    rows: usize,
+    h: usize,
+    w: usize,
+    ho: usize,
+    wo: usize,
+    align: bool,
+) -> Vec<f64> {
+    let coord = |d: usize, i: usize, o: usize| -> f64 {
+        if align {
+            if o > 1 {
+                d as f64 * (i - 1) as f64 / (o - 1) as f64
+            } else {
+                0.0
+            }
+        } else {
+            ((d as f64 + 0.5) * i as f64 / o as f64 - 0.5).max(0.0)
+        }
+    };
+    let mut y = Vec::with_capacity(rows * ho * wo);
+    for r in 0..rows {
+        let xr = &x[r * h * w..(r + 1) * h * w];
+        for oy in 0..ho {
+            let fy = coord(oy, h, ho);
+            let y0 = (fy.floor() as usize).min(h - 1);
+            let y1 = (y0 + 1).min(h - 1);
+            let ly = fy - y0 as f64;
+            for ox in 0..wo {
+                let fx = coord(ox, w, wo);
+                let x0 = (fx.floor() as usize).min(w - 1);
+                let x1 = (x0 + 1).min(w - 1);
+                let lx = fx - x0 as f64;
+                let top = xr[y0 * w + x0] * (1.0 - lx) + xr[y0 * w + x1] * lx;
+                let bot = xr[y1 * w + x0] * (1.0 - lx) + xr[y1 * w + x1] * lx;
+                y.push(top * (1.0 - ly) + bot * ly);
+            }
+        }
+    }
+    y
+}
+
+/// Nearest resize, PyTorch 'nearest'.
+pub fn nearest(x: &[f64], rows: usize, h: usize, w: usize, ho: usize, wo: usize) -> Vec<f64> {
+    let mut y = Vec::with_capacity(rows * ho * wo);
+    for r in 0..rows {
+        for oy in 0..ho {
+            let iy = ((oy as f64 * h as f64 / ho as f64).floor() as usize).min(h - 1);
+            for ox in 0..wo {
+                let ix = ((ox as f64 * w as f64 / wo as f64).floor() as usize).min(w - 1);
+                y.push(x[(r * h + iy) * w + ix]);
+            }
+        }
+    }
+    y
+}
+
+/// Max / average pooling, PyTorch floor mode. `mode`: "max", "avg_incl", "avg_excl".
+pub fn pool(
+    x: &[f64],
+    rows: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    s: usize,
+    pad: usize,
+    mode: &str,
+) -> (Vec<f64>, usize, usize) {
+    let ho = (h + 2 * pad - k) / s + 1;
+    let wo = (w + 2 * pad - k) / s + 1;
+    let mut y = Vec::new();
+    for r in 0..rows {
+        for oy in 0..ho {
+            for ox in 0..wo {
+                let (y0, x0) = (
+                    oy as i64 * s as i64 - pad as i64,
+                    ox as i64 * s as i64 - pad as i64,
+                );
+                let (mut best, mut sum, mut cnt) = (f64::NEG_INFINITY, 0.0, 0);
+                for iy in y0..y0 + k as i64 {
+                    for ix in x0..x0 + k as i64 {
+                        if iy < 0 || ix < 0 || iy >= h as i64 || ix >= w as i64 {
+                            continue;
+                        }
+                        let v = x[(r * h + iy as usize) * w + ix as usize];
+                        best = best.max(v);
+                        sum += v;
+                        cnt += 1;
+                    }
+                }
+                let hy = (y0 + k as i64).min((h + pad) as i64) - y0;
+                let hx = (x0 + k as i64).min((w + pad) as i64) - x0;
+                y.push(match mode {
+                    "max" => best,
+                    "avg_incl" => sum / (hy * hx) as f64,
+                    _ => sum / cnt as f64,
+                });
+            }
+        }
+    }
+    (y, ho, wo)
+}

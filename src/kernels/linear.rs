@@ -1,0 +1,130 @@
+//! `shaders/linear.wgsl`: batched fully connected layer with the fused epilogue.
+//!
+//! Input: any tensor `[N, C, H, W]`, read as `C·H·W` features in PyTorch flatten order (a vector
+//! batch is `[N, 1, 1, F]`). Output: `[N, 1, 1, out]`.
+
+use super::{expect_shape, f32_buffer, half_bytes, positive, Epilogue};
+use crate::error::{Error, Result};
+use crate::gpu::{grid, Context, Dispatch, DispatchStats, WORKGROUP};
+use crate::tensor::{align4, Shape, Tensor};
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n: u32,
+    fq: u32,
+    out: u32,
+    act: u32,
+    prelu_pc: u32,
+    slope: f32,
+    _pad: [u32; 2],
+}
+
+/// A configured linear layer for inputs of one per-sample shape `(C, H, W)`.
+pub struct Linear {
+    input: (usize, usize, usize),
+    out: usize,
+    weights: Tensor,
+    epilogue: wgpu::Buffer,
+    act: (u32, f32, bool),
+}
+
+impl Linear {
+    /// Weights in PyTorch order `[out, C·H·W]` for per-sample input shape `input = (C, H, W)`;
+    /// bias and activation go in `epilogue`.
+    pub fn new(
+        ctx: &Context,
+        input: (usize, usize, usize),
+        out: usize,
+        weights: &[f32],
+        epilogue: &Epilogue,
+    ) -> Result<Self> {
+        let (c, h, w) = input;
+        for (name, v) in [
+            ("input channels", c),
+            ("input height", h),
+            ("input width", w),
+            ("out features", out),
+        ] {
+            positive("linear", name, v)?;
+        }
+        let feats = c * h * w;
+        if weights.len() != out * feats {
+            return Err(Error::shape(
+                "linear weights",
+                format!(
+                    "expected {} values ([{out}, {feats}]), found {}",
+                    out * feats,
+                    weights.len()
+                ),
+            ));
+        }
+        // Lay each weight row out like the input's padded rows (zeros in the pad slots).
+        let (plane, rs) = (h * w, align4(h * w));
+        let row = c * rs;
+        let mut laid = vec![0f32; out * row];
+        for o in 0..out {
+            for ch in 0..c {
+                let src = &weights[o * feats + ch * plane..o * feats + (ch + 1) * plane];
+                laid[o * row + ch * rs..o * row + ch * rs + plane].copy_from_slice(src);
+            }
+        }
+        let weights = Tensor::from_f32(ctx, Shape::new(1, out, 1, row), &laid, "linear weights")?;
+        let packed = epilogue.pack("linear epilogue", out)?;
+        Ok(Linear {
+            input,
+            out,
+            weights,
+            epilogue: f32_buffer(ctx, "linear epilogue", &packed),
+            act: epilogue.act.code(),
+        })
+    }
+
+    /// Output shape `[N, 1, 1, out]` for input `x`.
+    pub fn output_shape(&self, x: Shape) -> Result<Shape> {
+        if (x.c, x.h, x.w) != self.input {
+            return Err(Error::shape(
+                "linear",
+                format!(
+                    "input per sample is {:?}, layer expects {:?}",
+                    (x.c, x.h, x.w),
+                    self.input
+                ),
+            ));
+        }
+        Ok(Shape::vector(x.n, self.out))
+    }
+
+    /// Binds input and output.
+    pub fn bind(&self, ctx: &Context, x: &Tensor, y: &Tensor) -> Result<Dispatch> {
+        let out = self.output_shape(x.shape())?;
+        expect_shape("linear", "output", y, out)?;
+        let xs = x.shape();
+        let params = Params {
+            n: xs.n as u32,
+            fq: (xs.c * xs.row_stride() / 4) as u32,
+            out: self.out as u32,
+            act: self.act.0,
+            prelu_pc: self.act.2 as u32,
+            slope: self.act.1,
+            _pad: [0; 2],
+        };
+        let stats = DispatchStats {
+            flops: 2 * (xs.numel() * self.out) as u64,
+            bytes: half_bytes(xs) + half_bytes(out) + (self.out * xs.c * xs.plane() * 2) as u64,
+        };
+        Ok(ctx.dispatch(
+            format!("linear {}->{}", xs.c * xs.plane(), self.out),
+            ctx.pipeline("linear", "linear", &[])?,
+            &[
+                x.buffer(),
+                self.weights.buffer(),
+                &self.epilogue,
+                y.buffer(),
+            ],
+            &params,
+            grid((self.out.div_ceil(4) * xs.n) as u64, WORKGROUP),
+            stats,
+        ))
+    }
+}

@@ -1,0 +1,173 @@
+//! `shaders/pointwise.wgsl`: 1×1 convolution as a register-tiled matrix product (8 output channels
+//! × 4 positions per invocation) with the fused epilogue.
+//!
+//! Weights are held transposed as a tensor `[n, cin, 1, cout]` (row `i` holds `W[·, i]`), shared
+//! (`n = 1`) or one matrix per sample (modulated weights, see [`super::modulate`]).
+
+use super::{expect_shape, f32_buffer, half_bytes, positive, Epilogue, Residual};
+use crate::error::{Error, Result};
+use crate::gpu::{grid, Context, Dispatch, DispatchStats, WORKGROUP};
+use crate::tensor::{Shape, Tensor};
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n: u32,
+    cin: u32,
+    cout: u32,
+    plane: u32,
+    w_nstride: u32,
+    act: u32,
+    res_mode: u32,
+    prelu_pc: u32,
+    slope: f32,
+    _pad: [u32; 3],
+}
+
+/// Transposes PyTorch `[cout, cin]` (or `[cout, cin, 1, 1]`) weights to the kernel's `[cin, cout]`.
+pub fn transpose_weights(w: &[f32], cin: usize, cout: usize) -> Vec<f32> {
+    let mut t = vec![0.0; cin * cout];
+    for o in 0..cout {
+        for i in 0..cin {
+            t[i * cout + o] = w[o * cin + i];
+        }
+    }
+    t
+}
+
+/// A configured pointwise convolution.
+pub struct Pointwise {
+    cin: usize,
+    cout: usize,
+    weights: Tensor,
+    epilogue: wgpu::Buffer,
+    act: (u32, f32, bool),
+}
+
+impl Pointwise {
+    /// Static weights in PyTorch order `[cout, cin]` (a `[cout, cin, 1, 1]` conv weight).
+    pub fn new(
+        ctx: &Context,
+        cin: usize,
+        cout: usize,
+        weights: &[f32],
+        epilogue: &Epilogue,
+    ) -> Result<Self> {
+        positive("pointwise", "cin", cin)?;
+        positive("pointwise", "cout", cout)?;
+        if weights.len() != cin * cout {
+            return Err(Error::shape(
+                "pointwise weights",
+                format!(
+                    "expected {} values ([{cout}, {cin}, 1, 1]), found {}",
+                    cin * cout,
+                    weights.len()
+                ),
+            ));
+        }
+        let t = Tensor::from_f32(
+            ctx,
+            [1, cin, 1, cout],
+            &transpose_weights(weights, cin, cout),
+            "pointwise weights",
+        )?;
+        Self::with_weights(ctx, t, epilogue)
+    }
+
+    /// Weights already on the GPU in the kernel layout `[n, cin, 1, cout]` (e.g. from
+    /// [`super::modulate::Modulate`]); `n` is 1 or the batch.
+    pub fn with_weights(ctx: &Context, weights: Tensor, epilogue: &Epilogue) -> Result<Self> {
+        let s = weights.shape();
+        if s.h != 1 {
+            return Err(Error::shape(
+                "pointwise weights",
+                format!("expected [n, cin, 1, cout], found {:?}", s.dims()),
+            ));
+        }
+        let packed = epilogue.pack("pointwise epilogue", s.w)?;
+        Ok(Pointwise {
+            cin: s.c,
+            cout: s.w,
+            weights,
+            epilogue: f32_buffer(ctx, "pointwise epilogue", &packed),
+            act: epilogue.act.code(),
+        })
+    }
+
+    /// Output shape for an input shape.
+    pub fn output_shape(&self, x: Shape) -> Result<Shape> {
+        if x.c != self.cin {
+            return Err(Error::shape(
+                "pointwise",
+                format!("input has {} channels, layer expects {}", x.c, self.cin),
+            ));
+        }
+        Ok(Shape::new(x.n, self.cout, x.h, x.w))
+    }
+
+    /// Binds input, output and an optional residual (output's shape).
+    pub fn bind(
+        &self,
+        ctx: &Context,
+        x: &Tensor,
+        y: &Tensor,
+        residual: Option<(&Tensor, Residual)>,
+    ) -> Result<Dispatch> {
+        let out = self.output_shape(x.shape())?;
+        expect_shape("pointwise", "output", y, out)?;
+        let ws = self.weights.shape();
+        if ws.n != 1 && ws.n != out.n {
+            return Err(Error::shape(
+                "pointwise",
+                format!("weights for {} samples, input batch {}", ws.n, out.n),
+            ));
+        }
+        let (res_buf, res_mode) = match residual {
+            Some((r, mode)) if mode != Residual::None => {
+                expect_shape("pointwise", "residual", r, out)?;
+                (r.buffer(), mode)
+            }
+            _ => (ctx.dummy(), Residual::None),
+        };
+        let params = Params {
+            n: out.n as u32,
+            cin: self.cin as u32,
+            cout: self.cout as u32,
+            plane: out.plane() as u32,
+            w_nstride: if ws.n == 1 {
+                0
+            } else {
+                (ws.c * ws.row_stride()) as u32
+            },
+            act: self.act.0,
+            res_mode: res_mode.code(),
+            prelu_pc: self.act.2 as u32,
+            slope: self.act.1,
+            _pad: [0; 3],
+        };
+        let invocations = (out.row_stride() / 4) * self.cout.div_ceil(8) * out.n;
+        let res_bytes = if res_mode == Residual::None {
+            0
+        } else {
+            half_bytes(out)
+        };
+        let stats = DispatchStats {
+            flops: 2 * (out.numel() * self.cin) as u64,
+            bytes: half_bytes(x.shape()) + half_bytes(out) + half_bytes(ws) + res_bytes,
+        };
+        Ok(ctx.dispatch(
+            format!("pointwise {}->{} {}x{}", self.cin, self.cout, out.h, out.w),
+            ctx.pipeline("pointwise", "pointwise", &[])?,
+            &[
+                x.buffer(),
+                self.weights.buffer(),
+                &self.epilogue,
+                res_buf,
+                y.buffer(),
+            ],
+            &params,
+            grid(invocations as u64, WORKGROUP),
+            stats,
+        ))
+    }
+}

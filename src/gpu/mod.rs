@@ -12,5 +12,5 @@ pub mod shader;
 pub use context::{AdapterSummary, BackendChoice, Context, ContextOptions, StoragePath};
 pub use dispatch::{grid, record, Dispatch, DispatchStats, WORKGROUP};
 pub use pipelines::PipelineCache;
-pub use pool::{BufferPool, PooledBuffer};
+pub use pool::{BufferPool, PoolStats, PooledBuffer};
 pub use profiler::{Profile, ProfileEntry};

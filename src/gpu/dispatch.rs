@@ -2,6 +2,37 @@
 
 use super::Context;
 use crate::error::Result;
+use crate::tensor::Tensor;
+
+/// A resource bound to a kernel: a tensor (kept alive, and out of the buffer pool, for as long as
+/// the dispatch exists) or a plain buffer the kernel object owns.
+pub enum Binding<'a> {
+    /// A pooled tensor.
+    Tensor(&'a Tensor),
+    /// A buffer owned elsewhere (kernel constants, the context's dummy).
+    Buffer(&'a wgpu::Buffer),
+}
+
+impl<'a> From<&'a Tensor> for Binding<'a> {
+    fn from(t: &'a Tensor) -> Self {
+        Binding::Tensor(t)
+    }
+}
+
+impl<'a> From<&'a wgpu::Buffer> for Binding<'a> {
+    fn from(b: &'a wgpu::Buffer) -> Self {
+        Binding::Buffer(b)
+    }
+}
+
+impl Binding<'_> {
+    fn buffer(&self) -> &wgpu::Buffer {
+        match self {
+            Binding::Tensor(t) => t.buffer(),
+            Binding::Buffer(b) => b,
+        }
+    }
+}
 
 /// Invocations per workgroup of every one-dimensional kernel (`WG` in `shaders/common.wgsl`).
 pub const WORKGROUP: u32 = 64;
@@ -31,6 +62,9 @@ pub struct Dispatch {
     pub stats: DispatchStats,
     /// Keeps the uniform buffer alive as long as the dispatch.
     pub uniforms: Option<wgpu::Buffer>,
+    /// The tensors it reads and writes: while the dispatch lives their buffers cannot go back to
+    /// the pool and be handed to someone else under it.
+    pub tensors: Vec<Tensor>,
 }
 
 impl Dispatch {
@@ -96,7 +130,7 @@ impl Context {
         &self,
         label: impl Into<String>,
         pipeline: wgpu::ComputePipeline,
-        buffers: &[&wgpu::Buffer],
+        buffers: &[Binding<'_>],
         params: &T,
         workgroups: [u32; 3],
         stats: DispatchStats,
@@ -108,7 +142,7 @@ impl Context {
             .enumerate()
             .map(|(i, b)| wgpu::BindGroupEntry {
                 binding: i as u32,
-                resource: b.as_entire_binding(),
+                resource: b.buffer().as_entire_binding(),
             })
             .collect();
         entries.push(wgpu::BindGroupEntry {
@@ -127,6 +161,13 @@ impl Context {
             workgroups,
             stats,
             uniforms: Some(uniforms),
+            tensors: buffers
+                .iter()
+                .filter_map(|b| match b {
+                    Binding::Tensor(t) => Some((*t).clone()),
+                    Binding::Buffer(_) => None,
+                })
+                .collect(),
         }
     }
 }

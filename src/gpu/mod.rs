@@ -10,7 +10,7 @@ mod profiler;
 pub mod shader;
 
 pub use context::{AdapterSummary, BackendChoice, Context, ContextOptions, StoragePath};
-pub use dispatch::{grid, record, Dispatch, DispatchStats, WORKGROUP};
+pub use dispatch::{grid, record, Binding, Dispatch, DispatchStats, WORKGROUP};
 pub use pipelines::PipelineCache;
 pub use pool::{BufferPool, PoolStats, PooledBuffer};
 pub use profiler::{Profile, ProfileEntry};

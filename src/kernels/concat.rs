@@ -41,7 +41,7 @@ pub fn copy_channels(ctx: &Context, src: &Tensor, dst: &Tensor, offset: usize) -
     Ok(ctx.dispatch(
         format!("concat c{}@{offset} of {}", s.c, d.c),
         ctx.pipeline("concat", "copy_channels", &[])?,
-        &[src.buffer(), dst.buffer()],
+        &[src.into(), dst.into()],
         &params,
         grid((s.rows() * s.row_stride() / 4) as u64, WORKGROUP),
         DispatchStats {

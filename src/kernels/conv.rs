@@ -3,7 +3,7 @@
 
 use super::{expect_shape, f32_buffer, half_bytes, positive, Epilogue, Residual};
 use crate::error::{Error, Result};
-use crate::gpu::{grid, Context, Dispatch, DispatchStats, WORKGROUP};
+use crate::gpu::{grid, Binding, Context, Dispatch, DispatchStats, WORKGROUP};
 use crate::tensor::{Shape, Tensor};
 
 /// How out-of-range input positions are filled.
@@ -286,9 +286,9 @@ impl Conv2d {
         let (res_buf, res_mode) = match residual {
             Some((r, mode)) if mode != Residual::None => {
                 expect_shape("conv", "residual", r, out)?;
-                (r.buffer(), mode)
+                (Binding::from(r), mode)
             }
-            _ => (ctx.dummy(), Residual::None),
+            _ => (Binding::from(ctx.dummy()), Residual::None),
         };
         let one_row = ws.plane() == spec.weight_len();
         let w_ostride = if one_row {
@@ -359,11 +359,11 @@ impl Conv2d {
             label,
             pipeline,
             &[
-                x.buffer(),
-                self.weights.buffer(),
-                &self.epilogue,
+                x.into(),
+                (&self.weights).into(),
+                (&self.epilogue).into(),
                 res_buf,
-                y.buffer(),
+                y.into(),
             ],
             &params,
             grid(invocations as u64, WORKGROUP),

@@ -3,7 +3,7 @@
 
 use super::{expect_shape, f32_buffer, half_bytes, Activation};
 use crate::error::{Error, Result};
-use crate::gpu::{grid, Context, Dispatch, DispatchStats, WORKGROUP};
+use crate::gpu::{grid, Binding, Context, Dispatch, DispatchStats, WORKGROUP};
 use crate::tensor::{Shape, Tensor};
 
 #[repr(C)]
@@ -90,7 +90,7 @@ impl EltwiseOp {
                 k.extend(per_channel("shift", shift)?);
                 (
                     2,
-                    ctx.dummy(),
+                    Binding::from(ctx.dummy()),
                     false,
                     Some(f32_buffer(ctx, "affine constants", &k)),
                 )
@@ -112,7 +112,12 @@ impl EltwiseOp {
                         ),
                     ));
                 }
-                ((self.op == Eltwise::Mul) as u32, b.buffer(), bcast, None)
+                (
+                    (self.op == Eltwise::Mul) as u32,
+                    Binding::from(b),
+                    bcast,
+                    None,
+                )
             }
         };
         let (act, slope, _) = self.act.code();
@@ -137,10 +142,10 @@ impl EltwiseOp {
             ),
             ctx.pipeline("eltwise", "binary", &[])?,
             &[
-                a.buffer(),
+                a.into(),
                 b_buf,
-                consts.as_ref().unwrap_or(ctx.dummy()),
-                y.buffer(),
+                consts.as_ref().unwrap_or(ctx.dummy()).into(),
+                y.into(),
             ],
             &params,
             grid((s.rows() * s.row_stride() / 4) as u64, WORKGROUP),

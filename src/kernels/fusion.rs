@@ -50,7 +50,7 @@ pub fn fusion(
     Ok(ctx.dispatch(
         format!("fusion c{} {}x{}", s.c, s.h, s.w),
         ctx.pipeline("fusion", "fusion", &[])?,
-        &[a.buffer(), b.buffer(), m.buffer(), y.buffer()],
+        &[a.into(), b.into(), m.into(), y.into()],
         &params,
         grid((s.rows() * s.row_stride() / 4) as u64, WORKGROUP),
         DispatchStats {

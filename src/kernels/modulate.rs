@@ -119,7 +119,7 @@ impl Modulate {
         Ok(ctx.dispatch(
             format!("modulate {}x{}", self.spec.cout, self.spec.cin),
             ctx.pipeline("modulate", "modulate", &[])?,
-            &[self.weights.buffer(), style.buffer(), out.buffer()],
+            &[(&self.weights).into(), style.into(), out.into()],
             &params,
             grid((self.spec.cout.div_ceil(4) * s.n) as u64, WORKGROUP),
             stats,

@@ -3,7 +3,7 @@
 
 use super::{expect_shape, f32_buffer, half_bytes, positive, Activation};
 use crate::error::{Error, Result};
-use crate::gpu::{grid, Context, Dispatch, DispatchStats, WORKGROUP};
+use crate::gpu::{grid, Binding, Context, Dispatch, DispatchStats, WORKGROUP};
 use crate::tensor::Tensor;
 
 /// Where the statistics come from.
@@ -156,8 +156,8 @@ impl Norm {
         }
         expect_shape("norm", "output", y, xs)?;
         let (affine, s_stride, g_off, b_off, g_bias, st) = match &self.spec.affine {
-            Affine::None => (0, 0, 0, 0, 0.0, ctx.dummy()),
-            Affine::Static { .. } => (1, 0, 0, 0, 0.0, ctx.dummy()),
+            Affine::None => (0, 0, 0, 0, 0.0, Binding::from(ctx.dummy())),
+            Affine::Static { .. } => (1, 0, 0, 0, 0.0, Binding::from(ctx.dummy())),
             Affine::Style {
                 gamma_offset,
                 beta_offset,
@@ -184,7 +184,7 @@ impl Norm {
                     *gamma_offset,
                     *beta_offset,
                     *gamma_bias,
-                    s.buffer(),
+                    Binding::from(s),
                 )
             }
         };
@@ -220,7 +220,7 @@ impl Norm {
         Ok(ctx.dispatch(
             format!("{entry} c{} {}x{}", xs.c, xs.h, xs.w),
             ctx.pipeline("norm", entry, &[])?,
-            &[x.buffer(), st, &self.consts, y.buffer()],
+            &[x.into(), st, (&self.consts).into(), y.into()],
             &params,
             workgroups,
             stats,

@@ -6,7 +6,7 @@
 
 use super::{expect_shape, f32_buffer, half_bytes, positive, Epilogue, Residual};
 use crate::error::{Error, Result};
-use crate::gpu::{grid, Context, Dispatch, DispatchStats, WORKGROUP};
+use crate::gpu::{grid, Binding, Context, Dispatch, DispatchStats, WORKGROUP};
 use crate::tensor::{Shape, Tensor};
 
 #[repr(C)]
@@ -125,9 +125,9 @@ impl Pointwise {
         let (res_buf, res_mode) = match residual {
             Some((r, mode)) if mode != Residual::None => {
                 expect_shape("pointwise", "residual", r, out)?;
-                (r.buffer(), mode)
+                (Binding::from(r), mode)
             }
-            _ => (ctx.dummy(), Residual::None),
+            _ => (Binding::from(ctx.dummy()), Residual::None),
         };
         let params = Params {
             n: out.n as u32,
@@ -159,11 +159,11 @@ impl Pointwise {
             format!("pointwise {}->{} {}x{}", self.cin, self.cout, out.h, out.w),
             ctx.pipeline("pointwise", "pointwise", &[])?,
             &[
-                x.buffer(),
-                self.weights.buffer(),
-                &self.epilogue,
+                x.into(),
+                (&self.weights).into(),
+                (&self.epilogue).into(),
                 res_buf,
-                y.buffer(),
+                y.into(),
             ],
             &params,
             grid(invocations as u64, WORKGROUP),

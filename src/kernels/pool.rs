@@ -130,7 +130,7 @@ impl Pool {
         Ok(ctx.dispatch(
             format!("{entry} k{k}s{s} c{} {}x{}", xs.c, xs.h, xs.w),
             ctx.pipeline("pool", entry, &[])?,
-            &[x.buffer(), y.buffer()],
+            &[x.into(), y.into()],
             &params,
             workgroups,
             DispatchStats {

@@ -40,7 +40,7 @@ pub fn l2_normalize(ctx: &Context, x: &Tensor, eps: f32, y: &Tensor) -> Result<D
     Ok(ctx.dispatch(
         format!("l2_normalize {}", s.w),
         ctx.pipeline("reduce", "l2_normalize", &[])?,
-        &[x.buffer(), y.buffer()],
+        &[x.into(), y.into()],
         &params,
         grid(s.n as u64, 1),
         DispatchStats {
@@ -63,7 +63,7 @@ pub fn softmax_channels(ctx: &Context, x: &Tensor, y: &Tensor) -> Result<Dispatc
     Ok(ctx.dispatch(
         format!("softmax c{} {}x{}", s.c, s.h, s.w),
         ctx.pipeline("reduce", "softmax_channels", &[])?,
-        &[x.buffer(), y.buffer()],
+        &[x.into(), y.into()],
         &params,
         grid((s.n * s.row_stride() / 4) as u64, WORKGROUP),
         DispatchStats {

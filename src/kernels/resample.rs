@@ -109,7 +109,7 @@ impl Resample {
         Ok(ctx.dispatch(
             format!("{entry} {}x{}->{}x{} c{}", xs.h, xs.w, ys.h, ys.w, ys.c),
             ctx.pipeline("resample", entry, &[])?,
-            &[x.buffer(), y.buffer()],
+            &[x.into(), y.into()],
             &params,
             grid((ys.rows() * ys.row_stride() / 4) as u64, WORKGROUP),
             DispatchStats {

@@ -1,0 +1,164 @@
+#!/usr/bin/env python3
+"""Writes the model manifests in weights/ (one JSON per model) from the architecture tables of
+../shared/spec. Run by developers when an architecture changes; the JSON files are committed and are
+what both `tools/export.py --check` and the engine's loader read.
+
+Manifest format:
+  {"model": NAME, "input": {...}, "normalisation": {...}, "alignment": {...} (optional),
+   "tensors": {NAME: {"shape": [...], "kind": "conv"|"linear"|"bn"|"prelu"|"other", "dtype": "float"}}}
+Linear shapes are PyTorch's [out, in]; a Paddle export records `fswap.linear_layout = in_out` and the
+loader transposes. A manifest with "template": true (ArcFace, whose stage depths are read from the
+weights) describes its tensors by pattern instead of listing them.
+"""
+import json
+import os
+import sys
+
+ARCFACE_112 = [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]]
+
+
+def bn(t, prefix, c):
+    for k in ("weight", "bias", "_mean", "_variance"):
+        t[f"{prefix}.{k}"] = {"shape": [c], "kind": "bn"}
+
+
+def conv(t, prefix, cout, cin_g, k, bias=True):
+    t[f"{prefix}.weight"] = {"shape": [cout, cin_g, k, k], "kind": "conv"}
+    if bias:
+        t[f"{prefix}.bias"] = {"shape": [cout], "kind": "conv"}
+
+
+def final_and_mask(t):
+    conv(t, "final.1", 8, 32, 1)
+    bn(t, "final.2", 8)
+    conv(t, "final.4", 3, 8, 3)
+    bn(t, "final.5", 3)
+    conv(t, "final.7", 3, 3, 3)
+    chans = [512, 128, 64, 32, 8, 2]
+    for i in range(5):
+        conv(t, f"mask.{i}.1", chans[i], 1, 3)
+        conv(t, f"mask.{i}.2", chans[i + 1], chans[i], 1)
+        bn(t, f"mask.{i}.3", chans[i + 1])
+    conv(t, "mask.5", 1, 2, 3)
+
+
+ENC = [3, 32, 64, 128, 256, 512]
+DEC_IN = [512, 512, 256, 128]
+DEC_OUT = [256, 128, 64, 32]
+
+IDN_IO = {
+    "input": {"target": {"shape": ["N", 3, 224, 224], "range": [0, 1], "colour": "RGB"}},
+    "output": {"swapped": {"shape": ["N", 3, 224, 224], "range": [0, 1]},
+               "mask": {"shape": ["N", 1, 224, 224], "range": [0, 1]}},
+    "normalisation": {"inside_network": "x = (target - 0.5) / 0.5", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
+    "alignment": {"size": 224, "template_112": ARCFACE_112, "scale": 2.0, "transform": "least-squares 6-DoF affine"},
+}
+
+
+def mobilefaceswap():
+    t = {}
+    for i in range(5):
+        cin, cout = ENC[i], ENC[i + 1]
+        t[f"EncoderModulation.{i}.weight"] = {"shape": [cout, cin, 1, 1], "kind": "conv"}
+        t[f"EncoderModulation.{i}.style.weight"] = {"shape": [cin, 512], "kind": "linear"}
+        t[f"EncoderModulation.{i}.style.bias"] = {"shape": [cin], "kind": "linear"}
+    for j in range(4):
+        cin, cout = DEC_IN[j], DEC_OUT[j]
+        t[f"DecoderModulation.{j}.weight"] = {"shape": [cout, cin, 1, 1], "kind": "conv"}
+        t[f"DecoderModulation.{j}.style.weight"] = {"shape": [cin, 512], "kind": "linear"}
+        t[f"DecoderModulation.{j}.style.bias"] = {"shape": [cin], "kind": "linear"}
+    conv(t, "predictor.first", 512, 512, 4)
+    conv(t, "predictor.first_decoder", 512, 512, 2)
+    bn(t, "predictor.norm", 512)
+    bn(t, "predictor.decoder_norm", 512)
+    enc_chain = [512, 256, 128, 64, 32, 3]
+    for k in range(5):
+        cin, cout = enc_chain[k], enc_chain[k + 1]
+        conv(t, f"predictor.encoder.{k}.conv", cout, cin, 3)
+        bn(t, f"predictor.encoder.{k}.norm", cout)
+        conv(t, f"predictor.encoder.{k}.weight", cout, cout, 3)
+    dec_chain = [512, 512, 512, 256, 128]
+    for k in range(4):
+        cin, cout = dec_chain[k], dec_chain[k + 1]
+        conv(t, f"predictor.decoder.{k}.conv", cout, cin, 3)
+        bn(t, f"predictor.decoder.{k}.norm", cout)
+        conv(t, f"predictor.decoder.{k}.weight", cout, cout, 3)
+    final_and_mask(t)
+    m = {"model": "mobilefaceswap", "source": "Seanseattle/MobileFaceSwap BuildFaceSwap (IIN + final + mask)"}
+    m.update(IDN_IO)
+    m["input"] = dict(IDN_IO["input"], id_embedding={"shape": [1, 512], "note": "L2-normalised ArcFace embedding"},
+                      id_feature_map={"shape": [1, 512, 7, 7], "note": "ArcFace pre-FC map"})
+    m["tensors"] = t
+    return m
+
+
+def idn():
+    t = {}
+    for i in range(5):
+        cin, cout = ENC[i], ENC[i + 1]
+        conv(t, f"Encoder.{i}.0", cin, 1, 4)
+        conv(t, f"Encoder.{i}.1", cout, cin, 1)
+    for j in range(4):
+        cin, cout = DEC_IN[j], DEC_OUT[j]
+        conv(t, f"Decoder.{j}.0", cin, 1, 3)
+        conv(t, f"Decoder.{j}.1", cout, cin, 1)
+    final_and_mask(t)
+    for name, spec in t.items():
+        if name.startswith(("Encoder.", "Decoder.")) and name.endswith(".bias"):
+            spec["optional"] = True  # always zero in the official model; absent means zero
+    m = {"model": "idn", "source": "MobileFaceSwap UNet (per-frame IDN) with injected kernels; also a saved fswap Identity"}
+    m.update(IDN_IO)
+    m["tensors"] = t
+    return m
+
+
+def arcface():
+    return {
+        "model": "arcface",
+        "source": "IR-SE ResNet (foamliu/InsightFace-v2 lineage, Paddle port in MobileFaceSwap)",
+        "template": True,
+        "input": {"face": {"shape": ["N", 3, 112, 112], "colour": "RGB",
+                           "note": "aligned 112 crop, /255, then ImageNet mean/std"}},
+        "output": {"id_embedding": {"shape": ["N", 512], "note": "L2-normalised"},
+                   "id_feature_map": {"shape": ["N", 512, 7, 7]}},
+        "normalisation": {"scale": 1 / 255, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+        "alignment": {"size": 112, "template_112": ARCFACE_112},
+        "stages": {"channels": [64, 128, 256, 512], "strides": [1, 2, 2, 2], "depths": "read from layer{s}.{b}.* keys"},
+        "tensors": {
+            "conv1.weight": {"shape": [64, 3, 3, 3], "kind": "conv"},
+            "bn1.*": {"shape": [64], "kind": "bn"},
+            "prelu._weight": {"shape": [1], "kind": "prelu"},
+            "layer{s}.{b}.bn0.*": {"shape": ["Cin"], "kind": "bn"},
+            "layer{s}.{b}.conv1.weight": {"shape": ["Cin", "Cin", 3, 3], "kind": "conv"},
+            "layer{s}.{b}.bn1.*": {"shape": ["Cin"], "kind": "bn"},
+            "layer{s}.{b}.prelu._weight": {"shape": ["1 or Cin"], "kind": "prelu"},
+            "layer{s}.{b}.conv2.weight": {"shape": ["C", "Cin", 3, 3], "kind": "conv"},
+            "layer{s}.{b}.bn2.*": {"shape": ["C"], "kind": "bn"},
+            "layer{s}.{b}.se.fc.0.weight": {"shape": ["C/16", "C"], "kind": "linear"},
+            "layer{s}.{b}.se.fc.0.bias": {"shape": ["C/16"], "kind": "linear"},
+            "layer{s}.{b}.se.fc.1._weight": {"shape": ["1 or C/16"], "kind": "prelu"},
+            "layer{s}.{b}.se.fc.2.weight": {"shape": ["C", "C/16"], "kind": "linear"},
+            "layer{s}.{b}.se.fc.2.bias": {"shape": ["C"], "kind": "linear"},
+            "layer{s}.0.downsample.0.weight": {"shape": ["C", "Cin", 1, 1], "kind": "conv", "note": "stages 2-4"},
+            "layer{s}.0.downsample.1.*": {"shape": ["C"], "kind": "bn"},
+            "bn2.*": {"shape": [512], "kind": "bn"},
+            "fc.weight": {"shape": [512, 25088], "kind": "linear"},
+            "fc.bias": {"shape": [512], "kind": "linear"},
+            "bn3.*": {"shape": [512], "kind": "bn"},
+        },
+    }
+
+
+def main():
+    out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..", "weights")
+    for m in (mobilefaceswap(), idn(), arcface()):
+        path = os.path.join(out, m["model"] + ".json")
+        with open(path + ".tmp", "w") as f:
+            json.dump(m, f, indent=1)
+            f.write("\n")
+        os.replace(path + ".tmp", path)
+        print(path, len(m["tensors"]), "tensors" if not m.get("template") else "patterns")
+
+
+if __name__ == "__main__":
+    main()

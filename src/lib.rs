@@ -10,9 +10,14 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod eval;
 pub mod gpu;
+pub mod io;
 pub mod kernels;
+pub mod models;
 pub mod tensor;
+pub mod util;
+pub mod weights;
 
 pub use error::{Error, Result};
 pub use gpu::{Context, ContextOptions, StoragePath};

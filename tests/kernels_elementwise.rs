@@ -142,7 +142,8 @@ fn add_mul_broadcast_affine() {
             ),
         ];
         for (op, b, want, name) in cases {
-            ctx.run(&[&op.bind(ctx, &at, b, &y).unwrap()]).unwrap();
+            ctx.run(&[&op.bind(ctx, &at, b, None, &y).unwrap()])
+                .unwrap();
             assert_close(
                 &y.to_f32(ctx).unwrap(),
                 want,
@@ -312,5 +313,44 @@ fn context_errors_are_clear() {
         );
     } else {
         panic!("GL on llvmpipe has no SHADER_F16: forcing f16 must fail");
+    }
+}
+
+#[test]
+fn squeeze_excitation_gate_with_residual_and_prelu() {
+    // IR-SE block tail: prelu(out ⊙ gate[n, c] + shortcut), gate a linear layer's [N, 1, 1, C] output.
+    let mut rng = Rng::new(45);
+    let (n, c, h, w) = (2, 6, 5, 3);
+    let plane = h * w;
+    let a = rng.vec(n * c * plane, -1.0, 1.0);
+    let gate = rng.vec(n * c, 0.0, 1.0);
+    let r = rng.vec(n * c * plane, -1.0, 1.0);
+    let slopes = rng.vec(c, 0.0, 0.5);
+    let want: Vec<f64> = (0..a.len())
+        .map(|j| {
+            let row = j / plane;
+            let v = a[j] as f64 * gate[row] as f64 + r[j] as f64;
+            if v >= 0.0 {
+                v
+            } else {
+                v * slopes[row % c] as f64
+            }
+        })
+        .collect();
+    for ctx in contexts() {
+        let at = Tensor::from_f32(ctx, [n, c, h, w], &a, "a").unwrap();
+        let gt = Tensor::from_f32(ctx, Shape::vector(n, c), &gate, "gate").unwrap();
+        let rt = Tensor::from_f32(ctx, [n, c, h, w], &r, "r").unwrap();
+        let y = Tensor::new(ctx, [n, c, h, w], "y").unwrap();
+        let op = EltwiseOp::new(Eltwise::Mul, Activation::PRelu(slopes.clone())).unwrap();
+        ctx.run(&[&op.bind(ctx, &at, Some(&gt), Some(&rt), &y).unwrap()])
+            .unwrap();
+        assert_close(
+            &y.to_f32(ctx).unwrap(),
+            &want,
+            ATOL,
+            RTOL,
+            &format!("se gate {}", label(ctx)),
+        );
     }
 }

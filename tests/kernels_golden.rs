@@ -557,7 +557,7 @@ fn eltwise_matches_pytorch() {
         };
         let k = EltwiseOp::new(op, act).unwrap();
         let y = Tensor::new(ctx, a.shape(), "y").unwrap();
-        ctx.run(&[&k.bind(ctx, &a, b.as_ref(), &y).unwrap()])
+        ctx.run(&[&k.bind(ctx, &a, b.as_ref(), None, &y).unwrap()])
             .unwrap();
         y.to_f32(ctx).unwrap()
     });

@@ -5,6 +5,7 @@
 mod context;
 mod dispatch;
 mod pipelines;
+mod plan;
 mod pool;
 mod profiler;
 pub mod shader;
@@ -12,5 +13,6 @@ pub mod shader;
 pub use context::{AdapterSummary, BackendChoice, Context, ContextOptions, StoragePath};
 pub use dispatch::{grid, record, Binding, Dispatch, DispatchStats, WORKGROUP};
 pub use pipelines::PipelineCache;
+pub use plan::Plan;
 pub use pool::{BufferPool, PoolStats, PooledBuffer};
 pub use profiler::{Profile, ProfileEntry};

@@ -1,0 +1,7 @@
+//! Models: each a short list of layers that reads like its spec table, built once into a
+//! [`Plan`](crate::gpu::Plan) over preallocated tensors.
+
+pub mod arcface;
+pub mod builder;
+pub mod mobilefaceswap;
+pub mod random;

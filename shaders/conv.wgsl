@@ -123,3 +123,70 @@ fn conv_tile4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     if (nv > 2u) { epilogue(acc2, n, o0 + 2u, q); }
     if (nv > 3u) { epilogue(acc3, n, o0 + 3u, q); }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Row-quad fast path: output and input widths multiples of 4, dilation 1, zero padding. The 4
+// outputs of a quad are consecutive in one image row, so for each kernel row the inputs they need
+// are a few aligned quads of one input row, loaded as vectors once and shared by every tap (and
+// by RT output channels). Kernel size, stride and padding are pipeline constants: tap loops
+// unroll and register indices resolve at compile time. On lavapipe this replaces 4 scalar gathers
+// and a division per lane and tap with ≤ 4 vector loads per kernel row.
+
+override RK: u32 = 3u; // kernel size (square)
+override RS: u32 = 1u; // stride
+override RP: u32 = 1u; // zero padding
+override RT: u32 = 1u; // output channels per invocation: 1 (depthwise) or 4
+
+override RCR: u32 = (RP + 3u) / 4u;                     // whole quads of padding to the left
+override ROFF: u32 = 4u * RCR - RP;                      // first needed value's index in the window
+override RNQ: u32 = (ROFF + 3u * RS + RK + 3u) / 4u;     // quads in the window (≤ 6 for RS ≤ 2, RK ≤ 7)
+
+fn window_value(win: ptr<function, array<vec4<f32>, 6>>, i: u32) -> f32 {
+    return (*win)[i / 4u][i % 4u];
+}
+
+@compute @workgroup_size(64)
+fn conv_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let t = flat_id(gid, nwg);
+    let qrow = p.wo / 4u;
+    let qpr = p.ho * qrow;
+    let tiles_g = (p.cout_g + RT - 1u) / RT;
+    let groups = p.cout / p.cout_g;
+    if (t >= qpr * tiles_g * groups * p.n) { return; }
+    let q = t % qpr;
+    let tile = (t / qpr) % (tiles_g * groups);
+    let n = t / (qpr * tiles_g * groups);
+    let g = tile / tiles_g;
+    let o0 = g * p.cout_g + (tile % tiles_g) * RT;
+    let nv = min(RT, (g + 1u) * p.cout_g - o0);
+    let oy = q / qrow;
+    let ox0 = (q % qrow) * 4u;
+    let wq = p.w / 4u;                               // quads per input row
+    let xq0 = i32(ox0 * RS / 4u) - i32(RCR);         // first window quad (may be < 0: padding)
+    let wlast = (nv - 1u) * p.w_ostride;
+    var acc: array<vec4<f32>, 4>;
+    for (var i = 0u; i < p.cin_g; i++) {
+        let plane_q = (n * p.cin + g * p.cin_g + i) * p.h * wq;
+        for (var ky = 0u; ky < RK; ky++) {
+            let iy = i32(oy * RS + ky) - i32(RP);
+            if (iy < 0 || iy >= i32(p.h)) { continue; }
+            var win: array<vec4<f32>, 6>;
+            let row_q = plane_q + u32(iy) * wq;
+            for (var k = 0u; k < RNQ; k++) {
+                let xq = xq0 + i32(k);
+                win[k] = select(vec4<f32>(0.0), x_ld4(row_q + u32(clamp(xq, 0, i32(wq) - 1))), xq >= 0 && xq < i32(wq));
+            }
+            let wb = n * p.w_nstride + o0 * p.w_ostride + (i * RK + ky) * RK;
+            for (var kx = 0u; kx < RK; kx++) {
+                let v = vec4<f32>(window_value(&win, ROFF + kx), window_value(&win, ROFF + RS + kx),
+                                  window_value(&win, ROFF + 2u * RS + kx), window_value(&win, ROFF + 3u * RS + kx));
+                for (var c = 0u; c < RT; c++) {
+                    acc[c] += v * w_ld(wb + min(c * p.w_ostride, wlast) + kx);
+                }
+            }
+        }
+    }
+    for (var c = 0u; c < RT; c++) {
+        if (c < nv) { epilogue(acc[c], n, o0 + c, q); }
+    }
+}

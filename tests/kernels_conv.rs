@@ -257,3 +257,42 @@ fn conv_rejects_bad_shapes_with_clear_errors() {
         .to_string();
     assert!(e.contains("reflect padding"), "{e}");
 }
+
+#[test]
+fn row_quad_fast_path_matches_reference() {
+    // Widths that are multiples of 4 in and out take the row-quad path (kernel, stride, padding
+    // as pipeline constants); cover its window arithmetic: k 1..7, stride 1 and 2, padding 0..3,
+    // odd heights, channels off multiples of 4, dense, grouped and depthwise, batch 2.
+    let mut rng = Rng::new(0xFA57);
+    type RowCase = (usize, usize, usize, usize, usize, usize, usize, usize);
+    let cases: &[RowCase] = &[
+        // (n, cin, cout, groups, k, s, p, h) with w chosen below
+        (2, 5, 5, 5, 3, 1, 1, 9),
+        (1, 3, 3, 3, 4, 2, 1, 13),
+        (2, 6, 9, 3, 3, 1, 1, 7),
+        (1, 3, 7, 1, 5, 1, 2, 11),
+        (1, 4, 4, 4, 7, 1, 3, 10),
+        (2, 2, 5, 1, 7, 2, 3, 15),
+        (1, 8, 3, 1, 3, 2, 1, 9),
+        (1, 7, 7, 7, 1, 1, 0, 5),
+        (2, 3, 6, 1, 4, 2, 1, 8),
+        (1, 9, 9, 9, 5, 2, 2, 17),
+    ];
+    for (i, &(n, cin, cout, groups, k, s, p, h)) in cases.iter().enumerate() {
+        // Smallest input width, a multiple of 4, whose output width is a multiple of 4 too.
+        let spec = ConvSpec::new(cin, cout, k, s, p).groups(groups);
+        let w = (1..=8)
+            .map(|m| 4 * m)
+            .find(|&w| w >= k && spec.output_shape(Shape::new(n, cin, h, w)).unwrap().w % 4 == 0)
+            .expect("a width with whole quads in and out");
+        let c = Case {
+            spec,
+            n,
+            h,
+            w,
+            act: ("relu", Activation::Relu),
+            residual: Residual::AfterAct,
+        };
+        run_case(&mut rng, &c, &format!("row-quad case {i}"));
+    }
+}

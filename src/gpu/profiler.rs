@@ -105,6 +105,22 @@ impl Context {
     /// Runs `dispatches` `warmup + iters` times and reports mean GPU time per dispatch and for the
     /// whole list, from timestamp queries where the device has them, else from wall time.
     pub fn profile(&self, dispatches: &[&Dispatch], warmup: u32, iters: u32) -> Result<Profile> {
+        self.measure(dispatches, warmup, iters, true)
+    }
+
+    /// Like [`Context::profile`] but times only the whole list in one pass (no per-dispatch
+    /// passes): half the work per iteration, for whole-model figures.
+    pub fn time(&self, dispatches: &[&Dispatch], warmup: u32, iters: u32) -> Result<Profile> {
+        self.measure(dispatches, warmup, iters, false)
+    }
+
+    fn measure(
+        &self,
+        dispatches: &[&Dispatch],
+        warmup: u32,
+        iters: u32,
+        per_dispatch: bool,
+    ) -> Result<Profile> {
         let iters = iters.max(1);
         for _ in 0..warmup {
             self.run(dispatches)?;
@@ -137,7 +153,7 @@ impl Context {
         let mut total = 0f64;
         for _ in 0..iters {
             let mut enc = self.device.create_command_encoder(&Default::default());
-            for (i, d) in dispatches.iter().enumerate() {
+            for (i, d) in dispatches.iter().enumerate().filter(|_| per_dispatch) {
                 let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: Some(&d.label),
                     timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
@@ -164,10 +180,13 @@ impl Context {
             self.queue.submit([enc.finish()]);
             let t = self.read_timestamps(&ts)?;
             let us = |a: u64, b: u64| b.saturating_sub(a) as f64 * period / 1000.0;
-            for (i, p) in per.iter_mut().enumerate() {
+            for (i, p) in per.iter_mut().enumerate().filter(|_| per_dispatch) {
                 *p += us(t[2 * i], t[2 * i + 1]);
             }
             total += us(t[2 * n as usize], t[2 * n as usize + 1]);
+        }
+        if !per_dispatch {
+            per.iter_mut().for_each(|p| *p = f64::NAN);
         }
         Ok(Profile {
             entries: dispatches

@@ -172,6 +172,16 @@ pub fn storage_buffer_count(module: &naga::Module) -> usize {
 pub fn translate_all(name: &str, path: StoragePath) -> Result<()> {
     let (module, info) = validate(name, path)?;
     let err = |backend: &str, e: String| shader_err(name, path, format!("{backend}: {e}"));
+    // Back ends take modules with overrides resolved, as wgpu does at pipeline creation: use the
+    // declared defaults (kernels' fast paths get other values per layer).
+    let (module, info) = naga::back::pipeline_constants::process_overrides(
+        &module,
+        &info,
+        None,
+        &Default::default(),
+    )
+    .map_err(|e| err("overrides", e.to_string()))?;
+    let (module, info) = (module.into_owned(), info.into_owned());
     naga::back::spv::write_vec(&module, &info, &naga::back::spv::Options::default(), None)
         .map_err(|e| err("SPIR-V", e.to_string()))?;
     let msl_opts = naga::back::msl::Options {

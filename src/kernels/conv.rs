@@ -264,6 +264,22 @@ impl Conv2d {
         &self.spec
     }
 
+    /// Whether the row-quad fast path applies: whole quads per image row in and out, square kernel
+    /// ≤ 7, stride 1 or 2, dilation 1, zero padding ≤ 3 (its window of ≤ 6 quads covers the taps).
+    fn row_quads(&self, x: Shape, y: Shape) -> bool {
+        let s = &self.spec;
+        s.kernel.0 == s.kernel.1
+            && s.kernel.0 <= 7
+            && s.stride.0 == s.stride.1
+            && s.stride.0 <= 2
+            && s.pad.0 == s.pad.1
+            && s.pad.0 <= 3
+            && s.dilation == (1, 1)
+            && s.padding == Padding::Zero
+            && x.w.is_multiple_of(4)
+            && y.w.is_multiple_of(4)
+    }
+
     /// Binds input `x`, output `y` (shape from [`ConvSpec::output_shape`]) and an optional residual
     /// of `y`'s shape into a dispatch.
     pub fn bind(
@@ -332,15 +348,21 @@ impl Conv2d {
             slope: self.act.1,
         };
         let quads = out.row_stride() / 4;
-        let (entry, invocations) = if cout_g >= 2 {
-            (
-                "conv_tile4",
-                quads * cout_g.div_ceil(4) * spec.groups * out.n,
-            )
+        let tile = if cout_g >= 2 { 4 } else { 1 };
+        let invocations = quads * cout_g.div_ceil(tile) * spec.groups * out.n;
+        let pipeline = if self.row_quads(xs, out) {
+            let k = spec.kernel.0 as f64;
+            let (s, p, t) = (spec.stride.0 as f64, spec.pad.0 as f64, tile as f64);
+            ctx.pipeline(
+                "conv",
+                "conv_rows",
+                &[("RK", k), ("RS", s), ("RP", p), ("RT", t)],
+            )?
+        } else if tile == 4 {
+            ctx.pipeline("conv", "conv_tile4", &[])?
         } else {
-            ("conv_single", quads * spec.cout * out.n)
+            ctx.pipeline("conv", "conv_single", &[])?
         };
-        let pipeline = ctx.pipeline("conv", entry, &[])?;
         let macs = out.numel() as u64 * spec.weights_per_output() as u64;
         let res_bytes = if res_mode == Residual::None {
             0

@@ -2,6 +2,7 @@
 //! [`Plan`](crate::gpu::Plan) over preallocated tensors.
 
 pub mod arcface;
+pub mod bench;
 pub mod builder;
 pub mod mobilefaceswap;
 pub mod random;

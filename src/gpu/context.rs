@@ -236,6 +236,28 @@ impl Context {
                 why: format!("native f16 storage was requested on '{}'", info.name),
             });
         }
+        // The packed path needs pack2x16float/unpack2x16float, which wgpu gates on this downlevel
+        // flag (cleared e.g. on some Mesa Vulkan drivers without f16 support).
+        let packs = adapter
+            .get_downlevel_capabilities()
+            .flags
+            .contains(wgpu::DownlevelFlags::SHADER_F16_IN_F32);
+        let wants_packed = options.storage == Some(StoragePath::Packed)
+            || (options.storage.is_none() && !features.contains(wgpu::Features::SHADER_F16));
+        if wants_packed && !packs {
+            return Err(Error::MissingFeature {
+                feature: "SHADER_F16_IN_F32",
+                why: format!(
+                    "the packed storage path needs pack2x16float on '{}'{}",
+                    info.name,
+                    if features.contains(wgpu::Features::SHADER_F16) {
+                        "; use --storage f16"
+                    } else {
+                        ", and it has no SHADER_F16 either: no fp16 storage path is possible"
+                    }
+                ),
+            });
+        }
         // Ask for the adapter's own limits: storage-buffer binding size matters for batched tensors.
         let limits = adapter.limits();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {

@@ -47,18 +47,10 @@ fn load_x(base: u32, off: vec4<i32>) -> vec4<f32> {
     return v;
 }
 
+#include epilogue
+
 fn epilogue(acc: vec4<f32>, n: u32, o: u32, q: u32) {
-    let plane = p.ho * p.wo;
-    let yq = ((n * p.cout + o) * ((plane + 3u) & ~3u)) / 4u + q;
-    var v = acc * ep[o] + ep[p.cout + o];
-    var r = vec4<f32>(0.0);
-    if (p.res_mode != RES_NONE) { r = res_ld4(yq); }
-    if (p.res_mode == RES_BEFORE_ACT) { v += r; }
-    var slope = p.slope;
-    if (p.prelu_pc != 0u) { slope = ep[2u * p.cout + o]; }
-    v = activate(v, p.act, slope);
-    if (p.res_mode == RES_AFTER_ACT) { v += r; }
-    y_st4(yq, select(vec4<f32>(0.0), v, lane_mask(q, plane)));
+    epilogue_store(acc, n, o, q, p.ho * p.wo);
 }
 
 @compute @workgroup_size(64)

@@ -63,6 +63,21 @@ fn download(ctx: &Context, t: &Tensor, shape: Vec<usize>) -> Result<HostTensor> 
     Ok(HostTensor::new(shape, t.to_f32(ctx)?))
 }
 
+/// The IDN's outputs: `swapped` `[N, 3, 224, 224]` and `mask` `[N, 1, 224, 224]`.
+fn frame_outputs(ctx: &Context, idn: &Idn) -> Result<Tensors> {
+    let n = idn.target.shape().n;
+    Ok(Tensors::from([
+        (
+            "swapped".to_string(),
+            download(ctx, &idn.swapped, vec![n, 3, SIZE, SIZE])?,
+        ),
+        (
+            "mask".to_string(),
+            download(ctx, &idn.mask, vec![n, 1, SIZE, SIZE])?,
+        ),
+    ]))
+}
+
 /// Runs `model` with `weights` on `inputs`; unknown models, missing or extra inputs and wrong
 /// shapes are errors naming them.
 pub fn eval(ctx: &Context, model: &str, weights: &Weights, inputs: &Tensors) -> Result<Tensors> {
@@ -127,14 +142,7 @@ pub fn eval(ctx: &Context, model: &str, weights: &Weights, inputs: &Tensors) -> 
             all.extend(idn.plan.clone());
             all.run(ctx)?;
             out.extend(inj.identity.to_host(ctx)?);
-            out.insert(
-                "swapped".into(),
-                download(ctx, &idn.swapped, target.shape.clone())?,
-            );
-            out.insert(
-                "mask".into(),
-                download(ctx, &idn.mask, vec![target.shape[0], 1, SIZE, SIZE])?,
-            );
+            out.extend(frame_outputs(ctx, &idn)?);
         }
         "idn" => {
             let target = input(
@@ -148,14 +156,7 @@ pub fn eval(ctx: &Context, model: &str, weights: &Weights, inputs: &Tensors) -> 
             let idn = Idn::new(ctx, &id, &statics(weights), target.shape[0])?;
             upload(ctx, &idn.target, target)?;
             idn.plan.run(ctx)?;
-            out.insert(
-                "swapped".into(),
-                download(ctx, &idn.swapped, target.shape.clone())?,
-            );
-            out.insert(
-                "mask".into(),
-                download(ctx, &idn.mask, vec![target.shape[0], 1, SIZE, SIZE])?,
-            );
+            out.extend(frame_outputs(ctx, &idn)?);
         }
         _ => unreachable!("checked against MODELS"),
     }

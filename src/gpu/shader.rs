@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 /// Every WGSL file in `shaders/`, by stem: kernel families and the shared include.
 pub const SOURCES: &[(&str, &str)] = &[
     ("common", include_str!("../../shaders/common.wgsl")),
+    ("epilogue", include_str!("../../shaders/epilogue.wgsl")),
     ("conv", include_str!("../../shaders/conv.wgsl")),
     ("pointwise", include_str!("../../shaders/pointwise.wgsl")),
     ("linear", include_str!("../../shaders/linear.wgsl")),
@@ -33,7 +34,7 @@ pub const SOURCES: &[(&str, &str)] = &[
 ];
 
 /// Files that are only included by others and have no entry point of their own.
-pub const INCLUDES: &[&str] = &["common"];
+pub const INCLUDES: &[&str] = &["common", "epilogue"];
 
 /// The raw text of `shaders/NAME.wgsl`.
 pub fn source(name: &str) -> Option<&'static str> {

@@ -1,9 +1,9 @@
 //! `shaders/conv.wgsl`: direct k×k convolution (dense, grouped, depthwise), static or predicted
 //! weights, fused epilogue.
 
-use super::{expect_shape, f32_buffer, half_bytes, positive, Epilogue, Residual};
+use super::{expect_shape, f32_buffer, half_bytes, positive, residual_binding, Epilogue, Residual};
 use crate::error::{Error, Result};
-use crate::gpu::{grid, Binding, Context, Dispatch, DispatchStats, WORKGROUP};
+use crate::gpu::{grid, Context, Dispatch, DispatchStats, WORKGROUP};
 use crate::tensor::{Shape, Tensor};
 
 /// How out-of-range input positions are filled.
@@ -299,13 +299,7 @@ impl Conv2d {
                 format!("weights for {} samples, input batch {}", ws.n, x.shape().n),
             ));
         }
-        let (res_buf, res_mode) = match residual {
-            Some((r, mode)) if mode != Residual::None => {
-                expect_shape("conv", "residual", r, out)?;
-                (Binding::from(r), mode)
-            }
-            _ => (Binding::from(ctx.dummy()), Residual::None),
-        };
+        let (res_buf, res_mode) = residual_binding(ctx, "conv", residual, out)?;
         let one_row = ws.plane() == spec.weight_len();
         let w_ostride = if one_row {
             spec.weights_per_output()

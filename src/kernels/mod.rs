@@ -64,3 +64,20 @@ pub(crate) fn f32_buffer(ctx: &crate::gpu::Context, label: &str, data: &[f32]) -
 pub(crate) fn half_bytes(s: Shape) -> u64 {
     s.numel() as u64 * 2
 }
+
+/// The residual binding of a convolution-like kernel: the tensor (checked against the output
+/// shape) and its mode, or the context's dummy buffer when there is none.
+pub(crate) fn residual_binding<'a>(
+    ctx: &'a crate::gpu::Context,
+    op: &str,
+    residual: Option<(&'a Tensor, Residual)>,
+    out: Shape,
+) -> Result<(crate::gpu::Binding<'a>, Residual)> {
+    match residual {
+        Some((r, mode)) if mode != Residual::None => {
+            expect_shape(op, "residual", r, out)?;
+            Ok((r.into(), mode))
+        }
+        _ => Ok((ctx.dummy().into(), Residual::None)),
+    }
+}

@@ -4,9 +4,9 @@
 //! Weights are held transposed as a tensor `[n, cin, 1, cout]` (row `i` holds `W[·, i]`), shared
 //! (`n = 1`) or one matrix per sample (modulated weights, see [`super::modulate`]).
 
-use super::{expect_shape, f32_buffer, half_bytes, positive, Epilogue, Residual};
+use super::{expect_shape, f32_buffer, half_bytes, positive, residual_binding, Epilogue, Residual};
 use crate::error::{Error, Result};
-use crate::gpu::{grid, Binding, Context, Dispatch, DispatchStats, WORKGROUP};
+use crate::gpu::{grid, Context, Dispatch, DispatchStats, WORKGROUP};
 use crate::tensor::{Shape, Tensor};
 
 #[repr(C)]
@@ -122,13 +122,7 @@ impl Pointwise {
                 format!("weights for {} samples, input batch {}", ws.n, out.n),
             ));
         }
-        let (res_buf, res_mode) = match residual {
-            Some((r, mode)) if mode != Residual::None => {
-                expect_shape("pointwise", "residual", r, out)?;
-                (Binding::from(r), mode)
-            }
-            _ => (Binding::from(ctx.dummy()), Residual::None),
-        };
+        let (res_buf, res_mode) = residual_binding(ctx, "pointwise", residual, out)?;
         let params = Params {
             n: out.n as u32,
             cin: self.cin as u32,

@@ -185,30 +185,10 @@ impl Injection {
             Some("predictor.norm"),
             lrelu.clone(),
         )?;
-        let mut enc_dw = Vec::new();
-        let mut h = z.clone();
-        let chain = [512, 256, 128, 64, 32, 3];
-        for k in 0..5 {
-            let p = format!("predictor.encoder.{k}");
-            h = b.conv(
-                &h,
-                ConvSpec::new(chain[k], chain[k + 1], 3, 1, 1),
-                &format!("{p}.conv"),
-                true,
-                Some(&format!("{p}.norm")),
-                lrelu.clone(),
-            )?;
-            enc_dw.push(b.conv(
-                &h,
-                ConvSpec::new(chain[k + 1], chain[k + 1], 3, 1, 1),
-                &format!("{p}.weight"),
-                true,
-                None,
-                Activation::None,
-            )?);
-        }
+        let mut enc_dw =
+            kernel_chain(&mut b, &z, "predictor.encoder", &[512, 256, 128, 64, 32, 3])?;
         enc_dw.reverse(); // predicted for C = 256..3, used by E0..E4 (C = 3..256)
-        let mut h = b.conv(
+        let zd = b.conv(
             &z,
             ConvSpec::new(512, 512, 2, 1, 0),
             "predictor.first_decoder",
@@ -216,27 +196,7 @@ impl Injection {
             Some("predictor.decoder_norm"),
             lrelu.clone(),
         )?;
-        let mut dec_dw = Vec::new();
-        let chain = [512, 512, 512, 256, 128];
-        for k in 0..4 {
-            let p = format!("predictor.decoder.{k}");
-            h = b.conv(
-                &h,
-                ConvSpec::new(chain[k], chain[k + 1], 3, 1, 1),
-                &format!("{p}.conv"),
-                true,
-                Some(&format!("{p}.norm")),
-                lrelu.clone(),
-            )?;
-            dec_dw.push(b.conv(
-                &h,
-                ConvSpec::new(chain[k + 1], chain[k + 1], 3, 1, 1),
-                &format!("{p}.weight"),
-                true,
-                None,
-                Activation::None,
-            )?);
-        }
+        let dec_dw = kernel_chain(&mut b, &zd, "predictor.decoder", &[512, 512, 512, 256, 128])?;
         // Weights modulation + demodulation.
         let mut modulated = |prefix: String, cin: usize, cout: usize| -> Result<Tensor> {
             let s = b.linear(
@@ -280,6 +240,33 @@ impl Injection {
             plan: b.plan,
         })
     }
+}
+
+/// A chain of `ConvBlock`s (spec §2.2): `h ← LReLU(BN(conv3×3 h))`, and from each `h` a kernel
+/// `weight3×3(h)` of shape `[1, C, k, k]` (k = the map's side): the predicted depthwise kernels.
+fn kernel_chain(b: &mut Builder, z: &Tensor, prefix: &str, chain: &[usize]) -> Result<Vec<Tensor>> {
+    let mut h = z.clone();
+    let mut kernels = Vec::new();
+    for (k, c) in chain.windows(2).enumerate() {
+        let p = format!("{prefix}.{k}");
+        h = b.conv(
+            &h,
+            ConvSpec::new(c[0], c[1], 3, 1, 1),
+            &format!("{p}.conv"),
+            true,
+            Some(&format!("{p}.norm")),
+            Activation::Leaky(LRELU),
+        )?;
+        kernels.push(b.conv(
+            &h,
+            ConvSpec::new(c[1], c[1], 3, 1, 1),
+            &format!("{p}.weight"),
+            true,
+            None,
+            Activation::None,
+        )?);
+    }
+    Ok(kernels)
 }
 
 /// The per-frame IDN for a batch of `N` aligned 224×224 RGB targets in [0, 1].

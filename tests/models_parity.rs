@@ -269,3 +269,56 @@ fn saved_identity_reproduces_the_swap() {
         "idn mask",
     );
 }
+
+#[test]
+fn injected_unet_state_dict_loads_as_idn() {
+    // An official injected UNet state dict (spec §1.6 names, zero dynamic biases, Paddle metadata),
+    // built from the reference's kernels and the checkpoint's final/mask, loads as `idn`.
+    let golden = fixture("mobilefaceswap_golden");
+    let unet = fixture("mobilefaceswap_unet_golden");
+    let swapped = fixture("mobilefaceswap_swapped_golden");
+    let w = weights("mobilefaceswap");
+    let mut state: BTreeMap<String, HostTensor> = golden
+        .tensors()
+        .iter()
+        .filter(|(k, _)| k.starts_with("Encoder.") || k.starts_with("Decoder."))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    for (k, v) in state.clone() {
+        let bias = k.replace(".weight", ".bias");
+        state.insert(
+            bias,
+            HostTensor::new(vec![v.shape[0]], vec![0.0; v.shape[0]]),
+        );
+    }
+    state.extend(
+        w.tensors()
+            .iter()
+            .filter(|(k, _)| k.starts_with("final.") || k.starts_with("mask."))
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
+    assert_eq!(state.len(), 92, "spec §1.6: 92 tensors");
+    let id = Weights::from_tensors("injected unet", state, w.metadata().clone());
+    let ctx = &contexts()[1];
+    let out = eval(
+        ctx,
+        "idn",
+        &id,
+        &BTreeMap::from([("target".to_string(), t(&unet, "target"))]),
+    )
+    .unwrap();
+    assert_close(
+        &out["swapped"].data,
+        &f64s(&t(&swapped, "swapped")),
+        1e-2,
+        0.0,
+        "unet swapped",
+    );
+    assert_close(
+        &out["mask"].data,
+        &f64s(&t(&unet, "mask")),
+        1e-2,
+        0.0,
+        "unet mask",
+    );
+}

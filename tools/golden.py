@@ -492,7 +492,16 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "tests",
                                                    "fixtures"))
+    ap.add_argument("--models", action="store_true",
+                    help="also regenerate the model goldens (tools/golden_models.py: seeded random "
+                         "ArcFace and MobileFaceSwap checkpoints with the official names, in Paddle's "
+                         "format, run through the PyTorch reference in tools/reference)")
     args = ap.parse_args()
+    if args.models:
+        import subprocess
+        import sys
+        subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "golden_models.py")],
+                       check=True)
     os.makedirs(args.out, exist_ok=True)
     torch.use_deterministic_algorithms(True)
     total = 0

@@ -12,6 +12,7 @@
 pub mod bench;
 pub mod error;
 pub mod eval;
+pub mod face;
 pub mod gpu;
 pub mod io;
 pub mod kernels;

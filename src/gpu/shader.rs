@@ -31,6 +31,8 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("eltwise", include_str!("../../shaders/eltwise.wgsl")),
     ("concat", include_str!("../../shaders/concat.wgsl")),
     ("reduce", include_str!("../../shaders/reduce.wgsl")),
+    ("warp", include_str!("../../shaders/warp.wgsl")),
+    ("morph", include_str!("../../shaders/morph.wgsl")),
 ];
 
 /// Files that are only included by others and have no entry point of their own.

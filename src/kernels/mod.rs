@@ -8,11 +8,13 @@ pub mod eltwise;
 pub mod fusion;
 pub mod linear;
 pub mod modulate;
+pub mod morph;
 pub mod norm;
 pub mod pointwise;
 pub mod pool;
 pub mod reduce;
 pub mod resample;
+pub mod warp;
 
 mod epilogue;
 

@@ -4,5 +4,8 @@
 pub mod arcface;
 pub mod bench;
 pub mod builder;
+pub mod faceboxes;
+pub mod mobilefacenet;
 pub mod mobilefaceswap;
 pub mod random;
+pub mod tddfa;

@@ -1,0 +1,5 @@
+//! The face pipeline: detection, landmarks, alignment, paste-back.
+
+pub mod align;
+pub mod detect;
+pub mod landmarks;

@@ -1,6 +1,7 @@
 //! Warp and mask post-processing kernels vs f64 references of OpenCV's semantics, on every path.
 mod common;
 
+use common::reference::{filter_ref, warp_ref};
 use common::{assert_close, contexts, label, Rng};
 use fswap::face::align::{invert, Affine};
 use fswap::kernels::morph::Morph;
@@ -10,40 +11,6 @@ use fswap::Tensor;
 /// Bilinear interpolation of fp16 inputs in f32: output fp16 rounding (2^-11 relative) dominates;
 /// the sample position is computed in f32 (≈1e-5 px at these sizes), adding < 1e-4.
 const TOL: f64 = 2e-3;
-
-/// `cv2.warpAffine(src, M, (wo, ho), flags=WARP_INVERSE_MAP | INTER_LINEAR, BORDER_CONSTANT 0)`.
-fn warp_ref(
-    src: &[f32],
-    c: usize,
-    h: usize,
-    w: usize,
-    m: &Affine,
-    ho: usize,
-    wo: usize,
-) -> Vec<f64> {
-    let px = |ch: usize, x: i64, y: i64| -> f64 {
-        if x < 0 || y < 0 || x >= w as i64 || y >= h as i64 {
-            0.0
-        } else {
-            src[(ch * h + y as usize) * w + x as usize] as f64
-        }
-    };
-    let mut out = Vec::new();
-    for ch in 0..c {
-        for oy in 0..ho {
-            for ox in 0..wo {
-                let sx = m[0][0] * ox as f64 + m[0][1] * oy as f64 + m[0][2];
-                let sy = m[1][0] * ox as f64 + m[1][1] * oy as f64 + m[1][2];
-                let (x0, y0) = (sx.floor() as i64, sy.floor() as i64);
-                let (fx, fy) = (sx - x0 as f64, sy - y0 as f64);
-                let top = px(ch, x0, y0) * (1.0 - fx) + px(ch, x0 + 1, y0) * fx;
-                let bot = px(ch, x0, y0 + 1) * (1.0 - fx) + px(ch, x0 + 1, y0 + 1) * fx;
-                out.push(top * (1.0 - fy) + bot * fy);
-            }
-        }
-    }
-    out
-}
 
 #[test]
 fn warp_aligns_several_faces_from_one_frame() {
@@ -83,39 +50,6 @@ fn warp_aligns_several_faces_from_one_frame() {
         let e = warp.set(ctx, &[(fits[0], 0)]).err().unwrap().to_string();
         assert!(e.contains("1 matrices for 2 output samples"), "{e}");
     }
-}
-
-fn filter_ref(x: &[f32], h: usize, w: usize, op: &str, r: i64, vertical: bool) -> Vec<f64> {
-    let mut out = Vec::new();
-    for y in 0..h as i64 {
-        for xx in 0..w as i64 {
-            let (c, n) = if vertical {
-                (y, h as i64)
-            } else {
-                (xx, w as i64)
-            };
-            let mut vals = Vec::new();
-            for k in -r..=r {
-                let mut i = c + k;
-                if op == "mean" {
-                    i = i.abs();
-                    if i >= n {
-                        i = 2 * n - 2 - i;
-                    }
-                } else if i < 0 || i >= n {
-                    continue;
-                }
-                let (yy, xi) = if vertical { (i, xx) } else { (y, i) };
-                vals.push(x[(yy * w as i64 + xi) as usize] as f64);
-            }
-            out.push(match op {
-                "max" => vals.iter().cloned().fold(f64::MIN, f64::max),
-                "min" => vals.iter().cloned().fold(f64::MAX, f64::min),
-                _ => vals.iter().sum::<f64>() / (2 * r + 1) as f64,
-            });
-        }
-    }
-    out
 }
 
 #[test]

@@ -16,6 +16,7 @@ pub mod face;
 pub mod gpu;
 pub mod io;
 pub mod kernels;
+pub mod media;
 pub mod models;
 pub mod tensor;
 pub mod util;

@@ -4,3 +4,4 @@ pub mod align;
 pub mod detect;
 pub mod landmarks;
 pub mod paste;
+pub mod smooth;

@@ -96,3 +96,65 @@ fn paste_stage_matches_host_reference() {
         );
     }
 }
+
+#[test]
+fn source_identity_glue_matches_host_preprocessing() {
+    // Warp + resize + ImageNet normalisation on the GPU vs the same on the host fed to ArcFace.
+    use common::reference::bilinear;
+    use fswap::eval::{eval, Tensors};
+    use fswap::face::identity::{source_identity, MEAN, STD};
+    use fswap::weights::{HostTensor, Weights};
+    let arc = random_weights(
+        &fswap::models::arcface::manifest([1, 1, 1, 1], &Weights::default()),
+        12,
+    );
+    let mfs = random_weights(&Manifest::builtin("mobilefaceswap").unwrap(), 13);
+    let mut rng = Rng::new(62);
+    let (h, wd) = (160, 200);
+    let frame = rng.vec(3 * h * wd, 0.0, 1.0);
+    let pts = [
+        [80.0, 70.0],
+        [120.0, 72.0],
+        [100.0, 95.0],
+        [84.0, 118.0],
+        [117.0, 117.0],
+    ];
+    let m = lstsq_affine(&pts, &arcface_template(SIZE)).unwrap();
+    let crop = warp_ref(&frame, 3, h, wd, &invert(&m).unwrap(), SIZE, SIZE);
+    let crop16: Vec<f64> = crop
+        .iter()
+        .map(|&v| common::f16r(v as f32) as f64)
+        .collect();
+    let small = bilinear(&crop16, 3, SIZE, SIZE, 112, 112, false);
+    let face: Vec<f32> = small
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            common::f16r(
+                ((common::f16r(v as f32) as f64 - MEAN[i / (112 * 112)] as f64)
+                    / STD[i / (112 * 112)] as f64) as f32,
+            )
+        })
+        .collect();
+    let ctx = &contexts()[0];
+    let want = eval(
+        ctx,
+        "arcface",
+        &arc,
+        &Tensors::from([(
+            "face".to_string(),
+            HostTensor::new(vec![1, 3, 112, 112], face),
+        )]),
+    )
+    .unwrap();
+    let ft = Tensor::from_f32(ctx, [1, 3, h, wd], &frame, "frame").unwrap();
+    let (_, emb) = source_identity(ctx, &arc, &mfs, &ft, &pts).unwrap();
+    let got = emb.to_f32(ctx).unwrap();
+    let want: Vec<f64> = want["id_embedding"]
+        .data
+        .iter()
+        .map(|&v| v as f64)
+        .collect();
+    // Same network on inputs that differ by fp16 rounding order only.
+    assert_close(&got, &want, 5e-3, 0.0, "source embedding");
+}

@@ -2,6 +2,7 @@
 
 pub mod align;
 pub mod detect;
+pub mod identity;
 pub mod landmarks;
 pub mod paste;
 pub mod smooth;

@@ -6,3 +6,4 @@ pub mod identity;
 pub mod landmarks;
 pub mod paste;
 pub mod smooth;
+pub mod swapper;

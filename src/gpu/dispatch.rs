@@ -11,6 +11,8 @@ pub enum Binding<'a> {
     Tensor(&'a Tensor),
     /// A buffer owned elsewhere (kernel constants, the context's dummy).
     Buffer(&'a wgpu::Buffer),
+    /// A texture view (host frames in and out).
+    Texture(&'a wgpu::TextureView),
 }
 
 impl<'a> From<&'a Tensor> for Binding<'a> {
@@ -25,11 +27,18 @@ impl<'a> From<&'a wgpu::Buffer> for Binding<'a> {
     }
 }
 
+impl<'a> From<&'a wgpu::TextureView> for Binding<'a> {
+    fn from(v: &'a wgpu::TextureView) -> Self {
+        Binding::Texture(v)
+    }
+}
+
 impl Binding<'_> {
-    fn buffer(&self) -> &wgpu::Buffer {
+    fn resource(&self) -> wgpu::BindingResource<'_> {
         match self {
-            Binding::Tensor(t) => t.buffer(),
-            Binding::Buffer(b) => b,
+            Binding::Tensor(t) => t.buffer().as_entire_binding(),
+            Binding::Buffer(b) => b.as_entire_binding(),
+            Binding::Texture(v) => wgpu::BindingResource::TextureView(v),
         }
     }
 }
@@ -135,18 +144,43 @@ impl Context {
         workgroups: [u32; 3],
         stats: DispatchStats,
     ) -> Dispatch {
-        let label = label.into();
-        let uniforms = self.uniform(&label, params);
-        let mut entries: Vec<wgpu::BindGroupEntry> = buffers
+        let at: Vec<(u32, &Binding<'_>)> = buffers
             .iter()
             .enumerate()
+            .map(|(i, b)| (i as u32, b))
+            .collect();
+        self.dispatch_at(
+            label,
+            pipeline,
+            &at,
+            (buffers.len() as u32, params),
+            workgroups,
+            stats,
+        )
+    }
+
+    /// Builds a [`Dispatch`] with explicit binding indices (entry points that use a subset of a
+    /// shader's bindings) and the uniform at `params.0`.
+    pub fn dispatch_at<T: bytemuck::Pod>(
+        &self,
+        label: impl Into<String>,
+        pipeline: wgpu::ComputePipeline,
+        bindings: &[(u32, &Binding<'_>)],
+        params: (u32, &T),
+        workgroups: [u32; 3],
+        stats: DispatchStats,
+    ) -> Dispatch {
+        let label = label.into();
+        let uniforms = self.uniform(&label, params.1);
+        let mut entries: Vec<wgpu::BindGroupEntry> = bindings
+            .iter()
             .map(|(i, b)| wgpu::BindGroupEntry {
-                binding: i as u32,
-                resource: b.buffer().as_entire_binding(),
+                binding: *i,
+                resource: b.resource(),
             })
             .collect();
         entries.push(wgpu::BindGroupEntry {
-            binding: buffers.len() as u32,
+            binding: params.0,
             resource: uniforms.as_entire_binding(),
         });
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -161,11 +195,11 @@ impl Context {
             workgroups,
             stats,
             uniforms: Some(uniforms),
-            tensors: buffers
+            tensors: bindings
                 .iter()
-                .filter_map(|b| match b {
+                .filter_map(|(_, b)| match b {
                     Binding::Tensor(t) => Some((*t).clone()),
-                    Binding::Buffer(_) => None,
+                    Binding::Buffer(_) | Binding::Texture(_) => None,
                 })
                 .collect(),
         }

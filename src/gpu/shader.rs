@@ -33,6 +33,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("reduce", include_str!("../../shaders/reduce.wgsl")),
     ("warp", include_str!("../../shaders/warp.wgsl")),
     ("morph", include_str!("../../shaders/morph.wgsl")),
+    ("texture", include_str!("../../shaders/texture.wgsl")),
 ];
 
 /// Files that are only included by others and have no entry point of their own.

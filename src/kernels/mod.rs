@@ -14,6 +14,7 @@ pub mod pointwise;
 pub mod pool;
 pub mod reduce;
 pub mod resample;
+pub mod texture;
 pub mod warp;
 
 mod epilogue;

@@ -18,6 +18,7 @@ pub const MODELS: &[(&str, &[&str])] = &[
         &["target", "id_embedding", "id_feature_map"],
     ),
     ("idn", &["target"]),
+    ("mobilefacenet128", &["face"]),
 ];
 
 /// Named host tensors.
@@ -157,6 +158,18 @@ pub fn eval(ctx: &Context, model: &str, weights: &Weights, inputs: &Tensors) -> 
             upload(ctx, &idn.target, target)?;
             idn.plan.run(ctx)?;
             out.extend(frame_outputs(ctx, &idn)?);
+        }
+        "mobilefacenet128" => {
+            let face = input(
+                model,
+                inputs,
+                "face",
+                &[None, Some(3), Some(112), Some(112)],
+            )?;
+            out.insert(
+                "id_embedding".into(),
+                crate::models::mobilefacenet::eval(ctx, weights, face)?,
+            );
         }
         _ => unreachable!("checked against MODELS"),
     }

@@ -137,6 +137,46 @@ def check_against_manifest(tensors, manifest, linear_layout):
     return missing, unexpected, misshaped, ignored
 
 
+BFM68_ROWS = 204  # 68 points x 3 coordinates
+
+
+def export_bfm68(folder, output, quiet):
+    """The 3DDFA 68-point bases as one safetensors file: `param_mean`, `param_std` (62) from
+    param_mean_std_62d_120x120.pkl (read with the restricted loader), `u_base` [204, 1],
+    `w_shp_base` [204, 40], `w_exp_base` [204, 10] from the three .txt files of ../shared/data/3ddfa."""
+    if not os.path.isdir(folder):
+        raise ExportError(f"{folder}: --model 3ddfa_bfm68 takes the folder holding "
+                          "param_mean_std_62d_120x120.pkl, u_base.txt, w_shp_base.txt and w_exp_base.txt")
+    pkl = os.path.join(folder, "param_mean_std_62d_120x120.pkl")
+    stats = load_checkpoint(pkl).tensors
+    out = {}
+    for key, name in (("mean", "param_mean"), ("std", "param_std")):
+        if key not in stats:
+            raise ExportError(f"{pkl}: no '{key}' array (has: {', '.join(sorted(stats))})")
+        arr = np.asarray(stats[key].array, dtype=np.float32).reshape(-1)
+        if arr.shape != (62,):
+            raise ExportError(f"{pkl}: '{key}' has {arr.size} values, expected 62")
+        out[name] = arr
+    for name, cols in (("u_base", 1), ("w_shp_base", 40), ("w_exp_base", 10)):
+        path = os.path.join(folder, name + ".txt")
+        try:
+            arr = np.loadtxt(path, dtype=np.float64, ndmin=2).astype(np.float32)
+        except (OSError, ValueError) as e:
+            raise ExportError(f"{path}: {e}") from None
+        if arr.size != BFM68_ROWS * cols:
+            raise ExportError(f"{path}: {arr.size} values, expected {BFM68_ROWS} x {cols}")
+        out[name] = arr.reshape(BFM68_ROWS, cols)
+    bad = [n for n, a in out.items() if not np.isfinite(a).all()]
+    if bad:
+        raise ExportError(f"{folder}: non-finite values in {', '.join(bad)}")
+    meta = {"fswap.exporter": EXPORTER_VERSION, "fswap.model": "3ddfa_bfm68", "fswap.source": "3ddfa",
+            "fswap.linear_layout": "out_in", "fswap.input": os.path.basename(os.path.normpath(folder))}
+    write_safetensors(output, {n: (a, "F32") for n, a in out.items()}, meta)
+    if not quiet:
+        print(f"wrote {output}: 3DDFA 68-point bases ({', '.join(out)})")
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="export.py", description="Convert a PyTorch/Paddle checkpoint to safetensors (numpy only).")
@@ -175,6 +215,8 @@ def main(argv=None):
         manifest = None
         if check:  # fail early when the manifest is missing, before the (possibly long) conversion
             manifest, manifest_path = load_manifest(model, args.manifest)
+        if model == "3ddfa_bfm68":
+            return export_bfm68(args.input, args.output, args.quiet)
         ckpt = load_checkpoint(args.input, key=args.key)
         notes = list(ckpt.notes)
         tensors = strip_module_prefix(ckpt.tensors, notes)

@@ -149,9 +149,87 @@ def arcface():
     }
 
 
+def faceboxes():
+    """FaceBoxes (alignment.md A.3): PyTorch names, BN buffers as running_mean / running_var."""
+    t = {}
+
+    def basic(prefix, cout, cin, k):
+        t[f"{prefix}.conv.weight"] = {"shape": [cout, cin, k, k], "kind": "conv"}
+        for key in ("weight", "bias", "running_mean", "running_var"):
+            t[f"{prefix}.bn.{key}"] = {"shape": [cout], "kind": "bn"}
+
+    basic("conv1", 24, 3, 7)
+    basic("conv2", 64, 48, 5)
+    for i in (1, 2, 3):
+        p = f"inception{i}"
+        basic(f"{p}.branch1x1", 32, 128, 1)
+        basic(f"{p}.branch1x1_2", 32, 128, 1)
+        basic(f"{p}.branch3x3_reduce", 24, 128, 1)
+        basic(f"{p}.branch3x3", 32, 24, 3)
+        basic(f"{p}.branch3x3_reduce_2", 24, 128, 1)
+        basic(f"{p}.branch3x3_2", 32, 24, 3)
+        basic(f"{p}.branch3x3_3", 32, 32, 3)
+    basic("conv3_1", 128, 128, 1)
+    basic("conv3_2", 256, 128, 3)
+    basic("conv4_1", 128, 256, 1)
+    basic("conv4_2", 256, 128, 3)
+    for j, (cin, anchors) in enumerate(((128, 21), (256, 1), (256, 1))):
+        conv(t, f"loc.{j}", 4 * anchors, cin, 3)
+        conv(t, f"conf.{j}", 2 * anchors, cin, 3)
+    return {
+        "model": "faceboxes",
+        "source": "3DDFA_V2 FaceBoxes (zisianw/FaceBoxes.PyTorch), FaceBoxesProd.pth",
+        "input": {"image": {"shape": [1, 3, "H", "W"], "colour": "BGR", "range": [0, 255],
+                            "note": "resized so H <= 720, then W <= 1080 (cv2 INTER_LINEAR), minus the means"}},
+        "output": {"loc": {"shape": [1, "P", 4], "note": "offsets to the priors, variances [0.1, 0.2]"},
+                   "conf": {"shape": [1, "P", 2], "note": "logits; score = softmax class 1"}},
+        "normalisation": {"mean": [104, 117, 123], "std": [1, 1, 1], "colour": "BGR"},
+        "priors": {"steps": [32, 64, 128], "min_sizes": [[32, 64, 128], [256], [512]], "clip": False,
+                   "variance": [0.1, 0.2]},
+        "postprocess": {"confidence_threshold": 0.05, "top_k": 5000, "nms_threshold": 0.3,
+                        "keep_top_k": 750, "vis_threshold": 0.5},
+        "tensors": t,
+    }
+
+
+def mobilefacenet128():
+    t = {}
+
+    def bn(p, c):
+        for k in ("weight", "bias", "running_mean", "running_var"):
+            t[f"{p}.{k}"] = {"shape": [c], "kind": "bn"}
+
+    def cv(p, cout, cin_g, k):
+        t[f"{p}.weight"] = {"shape": [cout, cin_g, k, k], "kind": "conv"}
+
+    cv("conv1.0", 64, 3, 3); bn("conv1.1", 64)
+    cv("dw_conv.depthwise", 64, 1, 3); bn("dw_conv.bn1", 64)
+    cv("dw_conv.pointwise", 64, 64, 1); bn("dw_conv.bn2", 64)
+    i, cin = 0, 64
+    for e, c, n, s in [(2, 64, 5, 2), (4, 128, 1, 2), (2, 128, 6, 1), (4, 128, 1, 2), (2, 128, 2, 1)]:
+        for _ in range(n):
+            h = cin * e
+            cv(f"features.{i}.conv.0.0", h, cin, 1); bn(f"features.{i}.conv.0.1", h)
+            cv(f"features.{i}.conv.1.0", h, 1, 3); bn(f"features.{i}.conv.1.1", h)
+            cv(f"features.{i}.conv.2", c, h, 1); bn(f"features.{i}.conv.3", c)
+            i, cin = i + 1, c
+    cv("conv2.0", 512, 128, 1); bn("conv2.1", 512)
+    cv("gdconv.depthwise", 512, 1, 7); bn("gdconv.bn", 512)
+    cv("conv3", 128, 512, 1); t["conv3.bias"] = {"shape": [128], "kind": "conv"}
+    bn("bn", 128)
+    return {"model": "mobilefacenet128",
+            "source": "MobileFaceNet-128, MobileNetV2-style (foamliu/MobileFaceNet @ a6cc903, PyTorch; spec identity.md); int64 num_batches_tracked counters are ignored",
+            "input": {"face": {"shape": ["N", 3, 112, 112], "colour": "RGB",
+                               "note": "aligned 112 crop, /255, then ImageNet mean/std (the engine's input is already normalised)"}},
+            "output": {"id_embedding": {"shape": ["N", 128], "note": "L2-normalised (final BN output / its L2 norm)"}},
+            "normalisation": {"scale": 1 / 255, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+            "alignment": {"size": 112, "template_112": ARCFACE_112},
+            "tensors": t}
+
+
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..", "weights")
-    for m in (mobilefaceswap(), idn(), arcface()):
+    for m in (mobilefaceswap(), idn(), arcface(), faceboxes()):
         path = os.path.join(out, m["model"] + ".json")
         with open(path + ".tmp", "w") as f:
             json.dump(m, f, indent=1)

@@ -39,7 +39,12 @@ pub fn source_identity(
     let inj = Injection::new(ctx, mobilefaceswap)?;
     let mut plan = Plan::default();
     plan.push(warp.dispatch().clone());
-    plan.push(Resample::Bilinear { align_corners: false }.bind(ctx, &crop, &small)?);
+    plan.push(
+        Resample::Bilinear {
+            align_corners: false,
+        }
+        .bind(ctx, &crop, &small)?,
+    );
     let normalise = EltwiseOp::new(
         Eltwise::Affine {
             scale: STD.iter().map(|s| 1.0 / s).collect(),

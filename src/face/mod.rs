@@ -5,5 +5,6 @@ pub mod detect;
 pub mod identity;
 pub mod landmarks;
 pub mod paste;
+pub mod pipeline;
 pub mod smooth;
 pub mod swapper;

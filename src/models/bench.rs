@@ -118,6 +118,7 @@ pub fn build(
     };
     let plan = match model {
         "arcface" => ArcFace::new(ctx, w, batch)?.plan,
+        "mobilefacenet128" => super::mobilefacenet::MobileFaceNet::new(ctx, w, batch)?.plan,
         "injection" => Injection::new(ctx, w)?.plan,
         _ => {
             let (identity, statics) = if w.contains("Encoder.0.0.weight") {

@@ -16,6 +16,11 @@ const BUILTIN: &[(&str, &str)] = &[
     ),
     ("idn", include_str!("../../weights/idn.json")),
     ("arcface", include_str!("../../weights/arcface.json")),
+    ("3ddfa_mb05", include_str!("../../weights/3ddfa_mb05.json")),
+    (
+        "mobilefacenet128",
+        include_str!("../../weights/mobilefacenet128.json"),
+    ),
 ];
 
 /// One expected tensor.

@@ -3,9 +3,11 @@
 //! `fswap identity` bakes a source identity into the per-frame model.
 
 mod bench;
+mod detect;
 mod eval;
 mod identity;
 mod info;
+mod swap;
 
 use clap::{Parser, Subcommand};
 use fswap::gpu::BackendChoice;
@@ -41,6 +43,10 @@ enum Command {
     Eval(eval::Args),
     /// Inject a source identity once and save the per-frame model's weights.
     Identity(identity::Args),
+    /// Find faces: boxes, 68 and 5 landmarks, head pose.
+    Detect(detect::Args),
+    /// Swap the source's face into images, folders or videos.
+    Swap(swap::Args),
 }
 
 /// A non-empty option value (an empty environment variable counts as unset).
@@ -76,6 +82,8 @@ fn run(cli: &Cli) -> Result<()> {
         Command::Bench(args) => bench::run(&options, args),
         Command::Eval(args) => eval::run(&options, args),
         Command::Identity(args) => identity::run(&options, args),
+        Command::Detect(args) => detect::run(&options, args),
+        Command::Swap(args) => swap::run(&options, args),
     }
 }
 

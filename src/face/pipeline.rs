@@ -1,0 +1,394 @@
+//! The face pipeline over whole images: find faces (FaceBoxes → 3DDFA landmarks), choose which to
+//! swap, swap them (one [`PasteStage`] per face, chained through ping-pong frame tensors, all in one
+//! submit), and report identity similarity under MobileFaceNet-128.
+
+use std::path::{Path, PathBuf};
+
+use image::RgbImage;
+
+use super::align::{arcface_template, invert, lstsq_affine};
+use super::detect::{detect, Detection};
+use super::landmarks::{landmarks_batch, FaceLandmarks};
+use super::paste::PasteStage;
+use crate::error::{Error, Result};
+use crate::gpu::{Context, Plan};
+use crate::kernels::warp::Warp;
+use crate::media::image as img_io;
+use crate::models::faceboxes::FaceBoxes;
+use crate::models::mobilefacenet::{self, MobileFaceNet};
+use crate::models::mobilefaceswap::{statics, Identity};
+use crate::models::tddfa::{Bfm, Tddfa};
+use crate::tensor::{Shape, Tensor};
+use crate::weights::Weights;
+
+/// The files `--models DIR` holds (see `weights/README.md` for where each comes from).
+pub const FILES: &[(&str, &str)] = &[
+    ("faceboxes.safetensors", "tools/export.py FaceBoxesProd.pth faceboxes.safetensors --model faceboxes"),
+    ("3ddfa_mb05.safetensors", "tools/export.py mb05_120x120.pth 3ddfa_mb05.safetensors --model 3ddfa_mb05"),
+    ("3ddfa_bfm68.safetensors", "tools/export.py 3ddfa/ 3ddfa_bfm68.safetensors --model 3ddfa_bfm68"),
+    ("mobilefacenet128.safetensors", "tools/export.py mobilefacenet_128.pt mobilefacenet128.safetensors --model mobilefacenet128"),
+    ("arcface.safetensors", "tools/export.py arcface.pdparams arcface.safetensors --model arcface"),
+    ("mobilefaceswap.safetensors", "tools/export.py MobileFaceSwap_224.pdparams mobilefaceswap.safetensors --model mobilefaceswap"),
+];
+
+/// Loads `DIR/NAME`, or explains which file is missing and how to make it.
+pub fn model_file(dir: &Path, name: &str) -> Result<Weights> {
+    let path = dir.join(name);
+    if !path.exists() {
+        let how = FILES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, h)| *h)
+            .unwrap_or("see weights/README.md");
+        return Err(Error::Format {
+            path: path.display().to_string(),
+            detail: format!(
+                "missing model file (make it with: python3 {how}; see weights/README.md)"
+            ),
+        });
+    }
+    Weights::open(&path)
+}
+
+/// A face found in an image.
+#[derive(Clone, Debug)]
+pub struct Face {
+    /// The detection.
+    pub detection: Detection,
+    /// Its landmarks.
+    pub landmarks: FaceLandmarks,
+}
+
+impl Face {
+    /// Box area in pixels.
+    pub fn area(&self) -> f32 {
+        let b = self.detection.box_;
+        (b[2] - b[0]).max(0.0) * (b[3] - b[1]).max(0.0)
+    }
+}
+
+/// Detection and landmarks, with the detector rebuilt only when the image size changes.
+pub struct Analyzer {
+    faceboxes_w: Weights,
+    detector: Option<((usize, usize), FaceBoxes)>,
+    tddfa: Tddfa,
+}
+
+impl Analyzer {
+    /// From `--models DIR`.
+    pub fn open(ctx: &Context, dir: &Path) -> Result<Self> {
+        let faceboxes_w = model_file(dir, "faceboxes.safetensors")?;
+        let bfm = Bfm::open(dir.join("3ddfa_bfm68.safetensors")).map_err(|e| match e {
+            Error::Io { .. } => Error::Format {
+                path: dir.join("3ddfa_bfm68.safetensors").display().to_string(),
+                detail: "missing model file (see weights/README.md)".into(),
+            },
+            e => e,
+        })?;
+        let tddfa = Tddfa::with_batch(ctx, &model_file(dir, "3ddfa_mb05.safetensors")?, &bfm, 4)?;
+        Ok(Analyzer {
+            faceboxes_w,
+            detector: None,
+            tddfa,
+        })
+    }
+
+    /// Faces of `img` in descending detection score.
+    pub fn faces(&mut self, ctx: &Context, img: &RgbImage) -> Result<Vec<Face>> {
+        let size = (img.width() as usize, img.height() as usize);
+        if self.detector.as_ref().map(|(s, _)| *s) != Some(size) {
+            self.detector = Some((
+                size,
+                FaceBoxes::new(ctx, &self.faceboxes_w, size.1, size.0)?,
+            ));
+        }
+        let (_, fb) = self.detector.as_ref().expect("just built");
+        let dets = detect(ctx, fb, img)?;
+        if dets.is_empty() {
+            return Ok(vec![]);
+        }
+        let boxes: Vec<[f32; 4]> = dets.iter().map(|d| d.box_).collect();
+        let lms = landmarks_batch(ctx, &self.tddfa, img, &boxes)?;
+        Ok(dets
+            .into_iter()
+            .zip(lms)
+            .map(|(detection, landmarks)| Face {
+                detection,
+                landmarks,
+            })
+            .collect())
+    }
+}
+
+/// Which target faces to swap.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Select {
+    /// Every face.
+    All,
+    /// The largest face.
+    Largest,
+    /// The N-th face in descending score.
+    Index(usize),
+    /// Faces whose MobileFaceNet-128 cosine to a reference face is at least the threshold.
+    Similar {
+        /// The reference face's embedding.
+        embedding: Vec<f32>,
+        /// Minimum cosine.
+        threshold: f32,
+    },
+}
+
+impl Select {
+    /// Parses `all`, `largest` or `index:N` (similarity is built by the caller from an image).
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "all" => Ok(Select::All),
+            "largest" => Ok(Select::Largest),
+            _ => s
+                .strip_prefix("index:")
+                .and_then(|n| n.parse().ok())
+                .map(Select::Index)
+                .ok_or_else(|| {
+                    Error::param(
+                        "--select",
+                        format!("'{s}' (expected all, largest, index:N or --reference IMAGE)"),
+                    )
+                }),
+        }
+    }
+}
+
+/// Swaps into frames of one size, for up to `max_faces` faces: frame tensors and paste stages are
+/// built once and reused for every frame of that size.
+pub struct FrameSwapper {
+    frames: Vec<Tensor>,
+    stages: Vec<PasteStage>,
+}
+
+impl FrameSwapper {
+    /// Builds the chain for `width × height` frames.
+    pub fn new(
+        ctx: &Context,
+        identity: &Identity,
+        statics_w: &Weights,
+        width: usize,
+        height: usize,
+        max_faces: usize,
+    ) -> Result<Self> {
+        let frames = (0..2)
+            .map(|i| {
+                img_io::frame_tensor(
+                    ctx,
+                    width,
+                    height,
+                    if i == 0 { "frame a" } else { "frame b" },
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let input = img_io::frame_tensor(ctx, width, height, "input frame")?;
+        let mut stages = Vec::new();
+        let mut all = vec![input];
+        all.extend(frames);
+        for i in 0..max_faces.max(1) {
+            let (src, dst) = (
+                &all[if i == 0 { 0 } else { 1 + (i + 1) % 2 }],
+                &all[1 + i % 2],
+            );
+            stages.push(PasteStage::new(ctx, identity, statics_w, src, dst)?);
+        }
+        Ok(FrameSwapper {
+            frames: all,
+            stages,
+        })
+    }
+
+    /// Swaps the faces with these 5-point landmarks (at most the chain's length) into `img`.
+    pub fn swap(&self, ctx: &Context, img: &RgbImage, faces: &[[[f64; 2]; 5]]) -> Result<RgbImage> {
+        if faces.is_empty() {
+            return Ok(img.clone());
+        }
+        if faces.len() > self.stages.len() {
+            return Err(Error::param(
+                "swap",
+                format!(
+                    "{} faces but the chain was built for {}",
+                    faces.len(),
+                    self.stages.len()
+                ),
+            ));
+        }
+        img_io::upload(ctx, &self.frames[0], img)?;
+        let mut plan = Plan::default();
+        for (stage, pts) in self.stages.iter().zip(faces) {
+            stage.set_alignment(
+                ctx,
+                &lstsq_affine(pts, &arcface_template(crate::models::mobilefaceswap::SIZE))?,
+            )?;
+            plan.extend(stage.plan.clone());
+        }
+        plan.run(ctx)?;
+        img_io::download(ctx, &self.frames[1 + (faces.len() - 1) % 2])
+    }
+
+    /// How many faces one frame can take.
+    pub fn capacity(&self) -> usize {
+        self.stages.len()
+    }
+}
+
+/// The source identity from a source image's largest face.
+pub fn identity_from_image(
+    ctx: &Context,
+    analyzer: &mut Analyzer,
+    arcface: &Weights,
+    mobilefaceswap: &Weights,
+    source: &RgbImage,
+    source_path: &Path,
+) -> Result<(Identity, Face)> {
+    let faces = analyzer.faces(ctx, source)?;
+    let face = faces
+        .into_iter()
+        .max_by(|a, b| a.area().total_cmp(&b.area()))
+        .ok_or_else(|| Error::Format {
+            path: source_path.display().to_string(),
+            detail: "no face found in the source image".into(),
+        })?;
+    let frame = img_io::frame_tensor(
+        ctx,
+        source.width() as usize,
+        source.height() as usize,
+        "source",
+    )?;
+    img_io::upload(ctx, &frame, source)?;
+    let (identity, _) = super::identity::source_identity(
+        ctx,
+        arcface,
+        mobilefaceswap,
+        &frame,
+        &face.landmarks.pts5_f64(),
+    )?;
+    Ok((identity, face))
+}
+
+/// MobileFaceNet-128 embeddings of faces (aligned to its 112 template) in an image.
+pub struct IdentityMeter {
+    net: MobileFaceNet,
+}
+
+impl IdentityMeter {
+    /// Loads `mobilefacenet128.safetensors` from `dir`.
+    pub fn open(ctx: &Context, dir: &Path) -> Result<Self> {
+        Ok(IdentityMeter {
+            net: MobileFaceNet::new(ctx, &model_file(dir, "mobilefacenet128.safetensors")?, 1)?,
+        })
+    }
+
+    /// The unit embedding of the face with these 5 landmarks in `img`.
+    pub fn embed(&self, ctx: &Context, img: &RgbImage, pts5: &[[f64; 2]; 5]) -> Result<Vec<f32>> {
+        let frame = img_io::frame_tensor(
+            ctx,
+            img.width() as usize,
+            img.height() as usize,
+            "meter frame",
+        )?;
+        img_io::upload(ctx, &frame, img)?;
+        let crop = Tensor::new(
+            ctx,
+            Shape::new(1, 3, mobilefacenet::INPUT, mobilefacenet::INPUT),
+            "meter crop",
+        )?;
+        let warp = Warp::new(ctx, &frame, &crop)?;
+        warp.set(
+            ctx,
+            &[(
+                invert(&lstsq_affine(
+                    pts5,
+                    &arcface_template(mobilefacenet::INPUT),
+                )?)?,
+                0,
+            )],
+        )?;
+        ctx.run(&[warp.dispatch()])?;
+        let px: Vec<f32> = crop.to_f32(ctx)?.iter().map(|v| v * 255.0).collect();
+        let faces = mobilefacenet::normalize(&px, 1, mobilefacenet::INPUT, mobilefacenet::INPUT)?;
+        self.net.embed(ctx, &faces)
+    }
+}
+
+/// Images in a folder (sorted), or the file itself.
+pub fn image_list(target: &Path) -> Result<Vec<PathBuf>> {
+    if !target.is_dir() {
+        return Ok(vec![target.to_path_buf()]);
+    }
+    let mut v: Vec<PathBuf> = std::fs::read_dir(target)
+        .map_err(|source| Error::Io {
+            path: target.display().to_string(),
+            source,
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            matches!(
+                p.extension()
+                    .and_then(|e| e.to_str())
+                    .map(str::to_ascii_lowercase)
+                    .as_deref(),
+                Some("png" | "jpg" | "jpeg" | "bmp")
+            )
+        })
+        .collect();
+    v.sort();
+    if v.is_empty() {
+        return Err(Error::Format {
+            path: target.display().to_string(),
+            detail: "no images (png, jpg) in this folder".into(),
+        });
+    }
+    Ok(v)
+}
+
+/// The faces `select` picks, largest first where it matters.
+pub fn choose(
+    faces: &[Face],
+    select: &Select,
+    meter: Option<(&IdentityMeter, &Context, &RgbImage)>,
+) -> Result<Vec<usize>> {
+    Ok(match select {
+        Select::All => (0..faces.len()).collect(),
+        Select::Largest => faces
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.area().total_cmp(&b.1.area()))
+            .map(|(i, _)| vec![i])
+            .unwrap_or_default(),
+        Select::Index(i) => {
+            if *i < faces.len() {
+                vec![*i]
+            } else {
+                vec![]
+            }
+        }
+        Select::Similar {
+            embedding,
+            threshold,
+        } => {
+            let (meter, ctx, img) = meter
+                .ok_or_else(|| Error::param("--reference", "needs mobilefacenet128.safetensors"))?;
+            let mut v = Vec::new();
+            for (i, f) in faces.iter().enumerate() {
+                if mobilefacenet::cosine(
+                    &meter.embed(ctx, img, &f.landmarks.pts5_f64())?,
+                    embedding,
+                ) >= *threshold
+                {
+                    v.push(i);
+                }
+            }
+            v
+        }
+    })
+}
+
+/// `statics` re-exported for the CLI.
+pub fn idn_statics(mobilefaceswap: &Weights) -> Weights {
+    statics(mobilefaceswap)
+}

@@ -23,17 +23,31 @@ struct Params {
 }
 @group(0) @binding(5) var<uniform> p: Params;
 
-// Input offsets of the 4 output positions of quad q for tap (ky, kx); -1 marks padding.
-fn taps(q: u32, ky: u32, kx: u32) -> vec4<i32> {
-    var o = vec4<i32>(-1);
+// Where the 4 output positions of quad q start in the input (before adding the tap offset), and
+// which lanes exist. Computed once per invocation: integer division is scalarised on CPU devices
+// and costs more than the taps' arithmetic.
+struct Origins { iy: vec4<i32>, ix: vec4<i32>, live: vec4<bool> }
+
+fn origins(q: u32) -> Origins {
+    var o: Origins;
     let plane = p.ho * p.wo;
+    let pos = vec4<u32>(4u * q) + vec4<u32>(0u, 1u, 2u, 3u);
+    let oy = pos / vec4<u32>(p.wo);
+    let ox = pos - oy * vec4<u32>(p.wo);
+    o.iy = vec4<i32>(oy * p.sy) - vec4<i32>(i32(p.py));
+    o.ix = vec4<i32>(ox * p.sx) - vec4<i32>(i32(p.px));
+    o.live = pos < vec4<u32>(plane);
+    return o;
+}
+
+// Input offsets of the 4 output positions for tap (ky, kx); -1 marks padding or a missing lane.
+fn taps(org: Origins, ky: u32, kx: u32) -> vec4<i32> {
+    var o = vec4<i32>(-1);
+    let reflect = p.reflect != 0u;
     for (var j = 0u; j < 4u; j++) {
-        let pos = 4u * q + j;
-        if (pos >= plane) { continue; }
-        let oy = pos / p.wo;
-        let ox = pos - oy * p.wo;
-        let iy = pad_index(i32(oy * p.sy + ky * p.dy) - i32(p.py), i32(p.h), p.reflect != 0u);
-        let ix = pad_index(i32(ox * p.sx + kx * p.dx) - i32(p.px), i32(p.w), p.reflect != 0u);
+        if (!org.live[j]) { continue; }
+        let iy = pad_index(org.iy[j] + i32(ky * p.dy), i32(p.h), reflect);
+        let ix = pad_index(org.ix[j] + i32(kx * p.dx), i32(p.w), reflect);
         if (iy >= 0 && ix >= 0) { o[j] = iy * i32(p.w) + ix; }
     }
     return o;
@@ -64,10 +78,11 @@ fn conv_single(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     let g = o / p.cout_g;
     let xs = (p.h * p.w + 3u) & ~3u;
     let wbase = n * p.w_nstride + o * p.w_ostride;
+    let org = origins(q);
     var acc = vec4<f32>(0.0);
     for (var ky = 0u; ky < p.kh; ky++) {
         for (var kx = 0u; kx < p.kw; kx++) {
-            let off = taps(q, ky, kx);
+            let off = taps(org, ky, kx);
             for (var i = 0u; i < p.cin_g; i++) {
                 let xb = (n * p.cin + g * p.cin_g + i) * xs;
                 acc += load_x(xb, off) * w_ld(wbase + (i * p.kh + ky) * p.kw + kx);
@@ -97,9 +112,10 @@ fn conv_tile4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     var acc2 = vec4<f32>(0.0);
     var acc3 = vec4<f32>(0.0);
     let wlast = (nv - 1u) * p.w_ostride; // clamp weight reads of missing channels in range
+    let org = origins(q);
     for (var ky = 0u; ky < p.kh; ky++) {
         for (var kx = 0u; kx < p.kw; kx++) {
-            let off = taps(q, ky, kx);
+            let off = taps(org, ky, kx);
             for (var i = 0u; i < p.cin_g; i++) {
                 let xv = load_x((n * p.cin + g * p.cin_g + i) * xs, off);
                 let wi = wb + (i * p.kh + ky) * p.kw + kx;

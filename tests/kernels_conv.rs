@@ -277,6 +277,8 @@ fn row_quad_fast_path_matches_reference() {
         (1, 7, 7, 7, 1, 1, 0, 5),
         (2, 3, 6, 1, 4, 2, 1, 8),
         (1, 9, 9, 9, 5, 2, 2, 17),
+        (1, 3, 5, 1, 7, 4, 3, 19),
+        (2, 4, 4, 4, 3, 4, 1, 9),
     ];
     for (i, &(n, cin, cout, groups, k, s, p, h)) in cases.iter().enumerate() {
         // Smallest input width, a multiple of 4, whose output width is a multiple of 4 too.

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use common::{contexts, label, Rng};
-use fswap::face::detect::{detect, nms, preprocess, prior_boxes, Detection};
+use fswap::face::detect::{detect, nms, preprocess, prior_boxes, resize_linear, Detection};
 use fswap::models::faceboxes::{input_size, FaceBoxes};
 use fswap::weights::{HostTensor, Weights};
 use image::RgbImage;
@@ -197,6 +197,25 @@ fn preprocess_is_bgr_minus_means() {
 }
 
 #[test]
+fn resize_linear_follows_opencv_fixed_point() {
+    // 4x1 -> 2x1: source x 0.5 and 2.5, coefficients 1024/1024; rows unchanged (beta 2048/0).
+    // (0+100)/2 = 50 exactly; (200+255)/2 = 227.5 rounds up to 228 as cv2.resize does.
+    let img = RgbImage::from_fn(4, 1, |x, _| {
+        let v = [0u8, 100, 200, 255][x as usize];
+        image::Rgb([v, 255 - v, 7])
+    });
+    let out = resize_linear(&img, 2, 1);
+    assert_eq!(out.as_raw(), &[50, 205, 7, 228, 28, 7]);
+    // 3 -> 2 in both directions: source 0.25 and 1.75, coefficients (1536, 512) and (512, 1536).
+    let img = RgbImage::from_fn(3, 3, |x, y| image::Rgb([(40 * x + 80 * y) as u8, 0, 255]));
+    let out = resize_linear(&img, 2, 2);
+    let got: Vec<u8> = out.pixels().map(|p| p.0[0]).collect();
+    // 40·x + 80·y at x, y in {0.25, 1.75}: exact in fixed point, no rounding involved
+    assert_eq!(got, vec![30, 90, 150, 210]);
+    assert!(out.pixels().all(|p| p.0[1] == 0 && p.0[2] == 255));
+}
+
+#[test]
 fn nms_uses_plus_one_areas_and_greater_or_equal() {
     let d = |x1: f32, x2: f32, score: f32| Detection {
         box_: [x1, 0.0, x2, 9.0],
@@ -257,24 +276,4 @@ fn timing() {
             );
         }
     }
-}
-
-#[test]
-#[ignore]
-fn zz_profile() {
-    let ctx = &contexts()[0];
-    let img = photo("trump_hillary.jpg");
-    let model =
-        FaceBoxes::new(ctx, weights(), img.height() as usize, img.width() as usize).unwrap();
-    model.input.write_f32(ctx, &preprocess(&img)).unwrap();
-    let prof = ctx.profile(&model.plan.refs(), 1, 2).unwrap();
-    for e in &prof.entries {
-        eprintln!(
-            "{:>10.1} us  {:.3} GFLOP  {}",
-            e.micros,
-            e.stats.flops as f64 / 1e9,
-            e.label
-        );
-    }
-    eprintln!("total {:.1} ms", prof.total_micros / 1e3);
 }

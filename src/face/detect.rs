@@ -38,7 +38,8 @@ pub struct Detection {
 /// computes it: half-pixel centres, no antialiasing, 11-bit fixed-point coefficients rounded from
 /// f32 (half to even), an exact horizontal pass, and the vertical pass of its vector path
 /// (`((S0>>4)·b0 >> 16) + ((S1>>4)·b1 >> 16)`, then `(v + 2) >> 2`). Its scalar row tails round
-/// once instead, which can differ by one level in a few pixels per row.
+/// once instead, which can differ by one level in a few pixels per row. An exact 2× reduction,
+/// where OpenCV switches to `INTER_AREA`, gives the same `(a + b + c + d + 2) >> 2` here.
 pub fn resize_linear(image: &RgbImage, width: u32, height: u32) -> RgbImage {
     let (sw, sh) = image.dimensions();
     if (sw, sh) == (width, height) {

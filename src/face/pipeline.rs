@@ -8,7 +8,7 @@ use image::RgbImage;
 
 use super::align::{arcface_template, invert, lstsq_affine};
 use super::detect::{detect, Detection};
-use super::landmarks::{landmarks_batch, FaceLandmarks};
+use super::landmarks::{landmarks_batch, landmarks_rois, FaceLandmarks, Roi};
 use super::paste::PasteStage;
 use crate::error::{Error, Result};
 use crate::gpu::{Context, Plan};
@@ -120,6 +120,46 @@ impl Analyzer {
     }
 }
 
+impl Analyzer {
+    /// Follows `prev` (the previous frame's faces) into `img` without detection: each face's
+    /// landmarks from the ROI of its previous 68 points, as 3DDFA_V2 does in video. Scores carry over
+    /// and boxes become the new points' bounds.
+    pub fn track(&mut self, ctx: &Context, img: &RgbImage, prev: &[Face]) -> Result<Vec<Face>> {
+        if prev.is_empty() {
+            return Ok(vec![]);
+        }
+        let rois = prev
+            .iter()
+            .map(|f| Roi::from_landmarks(&f.landmarks.pts68))
+            .collect::<Result<Vec<_>>>()?;
+        let lms = landmarks_rois(ctx, &self.tddfa, img, &rois)?;
+        Ok(prev
+            .iter()
+            .zip(lms)
+            .map(|(f, landmarks)| {
+                let b = landmarks.pts68.iter().fold(
+                    [f32::MAX, f32::MAX, f32::MIN, f32::MIN],
+                    |b, p| {
+                        [
+                            b[0].min(p[0]),
+                            b[1].min(p[1]),
+                            b[2].max(p[0]),
+                            b[3].max(p[1]),
+                        ]
+                    },
+                );
+                Face {
+                    detection: Detection {
+                        box_: b,
+                        score: f.detection.score,
+                    },
+                    landmarks,
+                }
+            })
+            .collect())
+    }
+}
+
 /// Which target faces to swap.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Select {
@@ -202,11 +242,9 @@ impl FrameSwapper {
         })
     }
 
-    /// Swaps the faces with these 5-point landmarks (at most the chain's length) into `img`.
-    pub fn swap(&self, ctx: &Context, img: &RgbImage, faces: &[[[f64; 2]; 5]]) -> Result<RgbImage> {
-        if faces.is_empty() {
-            return Ok(img.clone());
-        }
+    /// Uploads `img`, sets each face's alignment, and returns the plan that swaps them (the
+    /// per-frame GPU work); the result lands in [`FrameSwapper::output`].
+    pub fn prepare(&self, ctx: &Context, img: &RgbImage, faces: &[[[f64; 2]; 5]]) -> Result<Plan> {
         if faces.len() > self.stages.len() {
             return Err(Error::param(
                 "swap",
@@ -226,8 +264,25 @@ impl FrameSwapper {
             )?;
             plan.extend(stage.plan.clone());
         }
-        plan.run(ctx)?;
-        img_io::download(ctx, &self.frames[1 + (faces.len() - 1) % 2])
+        Ok(plan)
+    }
+
+    /// The frame tensor holding the result after swapping `faces` faces.
+    pub fn output(&self, faces: usize) -> &Tensor {
+        if faces == 0 {
+            &self.frames[0]
+        } else {
+            &self.frames[1 + (faces - 1) % 2]
+        }
+    }
+
+    /// Swaps the faces with these 5-point landmarks (at most the chain's length) into `img`.
+    pub fn swap(&self, ctx: &Context, img: &RgbImage, faces: &[[[f64; 2]; 5]]) -> Result<RgbImage> {
+        if faces.is_empty() {
+            return Ok(img.clone());
+        }
+        self.prepare(ctx, img, faces)?.run(ctx)?;
+        img_io::download(ctx, self.output(faces.len()))
     }
 
     /// How many faces one frame can take.
@@ -391,4 +446,79 @@ pub fn choose(
 /// `statics` re-exported for the CLI.
 pub fn idn_statics(mobilefaceswap: &Weights) -> Weights {
     statics(mobilefaceswap)
+}
+
+/// Wall and GPU time of each stage of one frame (milliseconds).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct StageTimes {
+    /// Host decode-side work: 8-bit RGB to fp16 planes and the upload.
+    pub upload_ms: f64,
+    /// FaceBoxes: GPU pass, readback of scores and boxes, decoding and NMS on the host.
+    pub detect_ms: f64,
+    /// 3DDFA for every face: host crops, GPU pass, readback, decoding.
+    pub landmarks_ms: f64,
+    /// The swap plan (warp in, IDN, mask, warp back, composite) for every face, GPU time.
+    pub swap_gpu_ms: f64,
+    /// Readback of the composited frame and conversion to 8-bit.
+    pub download_ms: f64,
+    /// Dispatches of the swap plan.
+    pub swap_dispatches: usize,
+    /// Faces found.
+    pub faces: usize,
+}
+
+impl StageTimes {
+    /// Wall time of the frame, all stages.
+    pub fn total_ms(&self) -> f64 {
+        self.upload_ms + self.detect_ms + self.landmarks_ms + self.swap_gpu_ms + self.download_ms
+    }
+}
+
+/// Times every stage of one frame (after the detector and swap chain exist for its size).
+pub fn time_frame(
+    ctx: &Context,
+    analyzer: &mut Analyzer,
+    swapper: &FrameSwapper,
+    img: &RgbImage,
+) -> Result<StageTimes> {
+    use std::time::Instant;
+    let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
+    let mut st = StageTimes::default();
+    let size = (img.width() as usize, img.height() as usize);
+    if analyzer.detector.as_ref().map(|(s, _)| *s) != Some(size) {
+        analyzer.detector = Some((
+            size,
+            FaceBoxes::new(ctx, &analyzer.faceboxes_w, size.1, size.0)?,
+        ));
+    }
+    let t = Instant::now();
+    let (_, fb) = analyzer.detector.as_ref().expect("just built");
+    let dets = detect(ctx, fb, img)?;
+    st.detect_ms = ms(t);
+    let t = Instant::now();
+    let boxes: Vec<[f32; 4]> = dets
+        .iter()
+        .map(|d| d.box_)
+        .take(swapper.capacity())
+        .collect();
+    let lms = if boxes.is_empty() {
+        vec![]
+    } else {
+        landmarks_batch(ctx, &analyzer.tddfa, img, &boxes)?
+    };
+    st.landmarks_ms = ms(t);
+    st.faces = lms.len();
+    let pts: Vec<[[f64; 2]; 5]> = lms.iter().map(|l| l.pts5_f64()).collect();
+    let t = Instant::now();
+    let plan = swapper.prepare(ctx, img, &pts)?;
+    ctx.wait()?;
+    st.upload_ms = ms(t);
+    st.swap_dispatches = plan.len();
+    if !plan.is_empty() {
+        st.swap_gpu_ms = ctx.time(&plan.refs(), 0, 1)?.total_micros / 1e3;
+    }
+    let t = Instant::now();
+    img_io::download(ctx, swapper.output(pts.len()))?;
+    st.download_ms = ms(t);
+    Ok(st)
 }

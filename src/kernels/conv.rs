@@ -264,16 +264,17 @@ impl Conv2d {
         &self.spec
     }
 
-    /// Whether the row-quad fast path applies: whole quads per image row in and out, square kernel
-    /// ≤ 7, stride 1 or 2, dilation 1, zero padding ≤ 3 (its window of ≤ 6 quads covers the taps).
+    /// Whether the row-quad fast path applies: whole quads per image row in and out, square kernel,
+    /// equal strides and paddings, dilation 1, zero padding, and an input window of at most 6 quads
+    /// (the shader's register array) for the 4 outputs.
     fn row_quads(&self, x: Shape, y: Shape) -> bool {
         let s = &self.spec;
+        let (k, st, p) = (s.kernel.0, s.stride.0, s.pad.0);
+        let window_quads = ((4 * p.div_ceil(4) - p) + 3 * st + k).div_ceil(4);
         s.kernel.0 == s.kernel.1
-            && s.kernel.0 <= 7
             && s.stride.0 == s.stride.1
-            && s.stride.0 <= 2
             && s.pad.0 == s.pad.1
-            && s.pad.0 <= 3
+            && window_quads <= 6
             && s.dilation == (1, 1)
             && s.padding == Padding::Zero
             && x.w.is_multiple_of(4)

@@ -35,6 +35,16 @@ pub struct Args {
     /// Benchmark the kernel families instead of the models.
     #[arg(long)]
     kernels: bool,
+    /// Benchmark the whole per-frame face pipeline on --image (needs --models): ms per stage,
+    /// frames per second, dispatches per frame.
+    #[arg(long, requires_all = ["models", "image"])]
+    pipeline: bool,
+    /// Folder of model files for --pipeline (see weights/README.md).
+    #[arg(long, value_name = "DIR")]
+    models: Option<std::path::PathBuf>,
+    /// The frame for --pipeline (its largest face is also the source identity).
+    #[arg(long, value_name = "FILE")]
+    image: Option<std::path::PathBuf>,
 }
 
 /// What `--json` prints.
@@ -97,11 +107,96 @@ pub fn run(options: &ContextOptions, args: &Args) -> Result<()> {
     if args.iters == Some(0) {
         return Err(fswap::Error::param("--iters", "must be at least 1"));
     }
-    if args.kernels || args.family.is_some() {
+    if args.pipeline {
+        run_pipeline(options, args)
+    } else if args.kernels || args.family.is_some() {
         run_kernels(options, args)
     } else {
         run_models(options, args)
     }
+}
+
+/// The face pipeline, stage by stage, on one frame repeated.
+fn run_pipeline(options: &ContextOptions, args: &Args) -> Result<()> {
+    use fswap::face::pipeline::{
+        identity_from_image, idn_statics, model_file, time_frame, Analyzer, FrameSwapper,
+    };
+    let (dir, path) = (
+        args.models.as_ref().expect("clap requires it"),
+        args.image.as_ref().expect("clap requires it"),
+    );
+    let img = fswap::media::image::load(path)?;
+    let ctx = Context::new(options)?;
+    let mut analyzer = Analyzer::open(&ctx, dir)?;
+    let mfs = model_file(dir, "mobilefaceswap.safetensors")?;
+    let (identity, _) = identity_from_image(
+        &ctx,
+        &mut analyzer,
+        &model_file(dir, "arcface.safetensors")?,
+        &mfs,
+        &img,
+        path,
+    )?;
+    let swapper = FrameSwapper::new(
+        &ctx,
+        &identity,
+        &idn_statics(&mfs),
+        img.width() as usize,
+        img.height() as usize,
+        4,
+    )?;
+    for _ in 0..args.warmup.max(1) {
+        time_frame(&ctx, &mut analyzer, &swapper, &img)?;
+    }
+    let runs: Vec<_> = (0..args.iters.unwrap_or(3))
+        .map(|_| time_frame(&ctx, &mut analyzer, &swapper, &img))
+        .collect::<Result<_>>()?;
+    let median = |f: &dyn Fn(&fswap::face::pipeline::StageTimes) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let m = fswap::face::pipeline::StageTimes {
+        upload_ms: median(&|s| s.upload_ms),
+        detect_ms: median(&|s| s.detect_ms),
+        landmarks_ms: median(&|s| s.landmarks_ms),
+        swap_gpu_ms: median(&|s| s.swap_gpu_ms),
+        download_ms: median(&|s| s.download_ms),
+        swap_dispatches: runs[0].swap_dispatches,
+        faces: runs[0].faces,
+    };
+    if args.json {
+        let v = serde_json::json!({"device": ctx.describe(), "image": path.display().to_string(), "width": img.width(), "height": img.height(),
+            "stages": m, "total_ms": m.total_ms(), "fps": 1000.0 / m.total_ms()});
+        println!("{v}");
+    } else {
+        println!("device:  {}", ctx.describe());
+        println!(
+            "frame:   {} ({}x{}), {} face(s), median of {} frames",
+            path.display(),
+            img.width(),
+            img.height(),
+            m.faces,
+            runs.len()
+        );
+        for (name, v) in [
+            ("upload (8-bit → fp16)", m.upload_ms),
+            ("detect (FaceBoxes + NMS)", m.detect_ms),
+            ("landmarks (3DDFA)", m.landmarks_ms),
+            ("swap (GPU)", m.swap_gpu_ms),
+            ("download (→ 8-bit)", m.download_ms),
+        ] {
+            println!("  {name:<28} {v:>10.1} ms");
+        }
+        println!(
+            "  {:<28} {:>10.1} ms  ({:.2} fps; swap plan {} dispatches)",
+            "total",
+            m.total_ms(),
+            1000.0 / m.total_ms(),
+            m.swap_dispatches
+        );
+    }
+    Ok(())
 }
 
 /// Whole models, per frame.

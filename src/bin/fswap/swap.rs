@@ -53,6 +53,10 @@ pub struct Args {
     /// No landmark smoothing across video frames.
     #[arg(long)]
     no_smooth: bool,
+    /// In video, run the detector every N frames and track faces by their landmarks in between
+    /// (1 = detect every frame).
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    redetect: u64,
 }
 
 struct Session {
@@ -65,6 +69,8 @@ struct Session {
     select: Select,
     swapper: Option<((u32, u32), FrameSwapper)>,
     max_faces: usize,
+    /// Faces of the previous video frame, for tracking.
+    tracked: Vec<Face>,
 }
 
 impl Session {
@@ -73,10 +79,17 @@ impl Session {
         &mut self,
         img: &RgbImage,
         smooth: Option<(&mut Vec<Smoother>, f64)>,
+        track: bool,
         report: bool,
         name: &str,
     ) -> Result<RgbImage> {
-        let faces = self.analyzer.faces(&self.ctx, img)?;
+        // Between detections, follow the previous frame's faces by their landmarks.
+        let faces = if track && !self.tracked.is_empty() {
+            self.analyzer.track(&self.ctx, img, &self.tracked)?
+        } else {
+            self.analyzer.faces(&self.ctx, img)?
+        };
+        self.tracked = faces.clone();
         let meter = self.meter.as_ref().map(|m| (m, &self.ctx, img));
         let mut picked: Vec<Face> = choose(&faces, &self.select, meter)?
             .into_iter()
@@ -188,7 +201,11 @@ pub fn run(options: &ContextOptions, args: &Args) -> Result<()> {
         select,
         swapper: None,
         max_faces: args.max_faces,
+        tracked: vec![],
     };
+    if args.redetect == 0 {
+        return Err(Error::param("--redetect", "must be at least 1"));
+    }
     if video::is_video(&args.target) {
         return swap_video(&mut s, args);
     }
@@ -203,7 +220,7 @@ pub fn run(options: &ContextOptions, args: &Args) -> Result<()> {
     let bar = progress(list.len() as u64);
     for path in &list {
         let img = img_io::load(path)?;
-        let out = s.frame(&img, None, args.report, &path.display().to_string())?;
+        let out = s.frame(&img, None, false, args.report, &path.display().to_string())?;
         let dest = if folder {
             args.output
                 .join(path.file_name().expect("a file"))
@@ -254,7 +271,13 @@ fn swap_video(s: &mut Session, args: &Args) -> Result<()> {
         )
         .expect("frame size");
         let smooth = (!args.no_smooth).then_some((&mut smoothers, dt));
-        let out = s.frame(&img, smooth, args.report, &format!("frame {n}"))?;
+        let out = s.frame(
+            &img,
+            smooth,
+            n % args.redetect != 0,
+            args.report,
+            &format!("frame {n}"),
+        )?;
         enc.write_frame(out.as_raw())?;
         buf = img.into_raw();
         n += 1;

@@ -305,6 +305,9 @@ fn swap_images_and_folder_with_report() {
             models().to_str().unwrap(),
             "--select",
             "largest",
+            "--align",
+            "similarity",
+            "--colour-match",
         ]),
         "swap folder",
     );

@@ -141,3 +141,47 @@ fn morphology_and_blur_match_opencv_rules() {
         assert!(e.contains("radius 30"), "{e}");
     }
 }
+
+#[test]
+fn colour_match_adds_the_masked_mean_difference() {
+    use fswap::kernels::colour::mean_shift;
+    let mut rng = Rng::new(53);
+    let (n, h, w) = (2, 13, 11);
+    let plane = h * w;
+    let t = rng.vec(n * 3 * plane, 0.2, 0.9);
+    let s = rng.vec(n * 3 * plane, 0.0, 0.6);
+    let mut m = rng.vec(n * plane, 0.0, 1.0);
+    m[plane..].iter_mut().for_each(|v| *v = 0.0); // sample 1: empty mask, copied unchanged
+    let mut want = vec![0f64; t.len()];
+    for b in 0..n {
+        let msum: f64 = m[b * plane..(b + 1) * plane]
+            .iter()
+            .map(|&v| v as f64)
+            .sum();
+        for c in 0..3 {
+            let base = (b * 3 + c) * plane;
+            let d: f64 = (0..plane)
+                .map(|i| m[b * plane + i] as f64 * (t[base + i] as f64 - s[base + i] as f64))
+                .sum();
+            let shift = if msum > 1e-6 { d / msum } else { 0.0 };
+            for i in 0..plane {
+                want[base + i] = (s[base + i] as f64 + shift).clamp(0.0, 1.0);
+            }
+        }
+    }
+    for ctx in contexts() {
+        let tt = Tensor::from_f32(ctx, [n, 3, h, w], &t, "target").unwrap();
+        let st = Tensor::from_f32(ctx, [n, 3, h, w], &s, "swapped").unwrap();
+        let mt = Tensor::from_f32(ctx, [n, 1, h, w], &m, "mask").unwrap();
+        let out = Tensor::new(ctx, [n, 3, h, w], "out").unwrap();
+        ctx.run(&[&mean_shift(ctx, &tt, &st, &mt, &out).unwrap()])
+            .unwrap();
+        assert_close(
+            &out.to_f32(ctx).unwrap(),
+            &want,
+            1e-3,
+            1e-3,
+            &format!("colour match {}", label(ctx)),
+        );
+    }
+}

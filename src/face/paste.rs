@@ -71,6 +71,14 @@ pub fn border_fade() -> Vec<f32> {
     out
 }
 
+/// Choices of the swap stage.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PasteOptions {
+    /// Shift the swapped face's colours to the target's under the network's mask (faceswap's
+    /// `avg-color`) before pasting.
+    pub colour_match: bool,
+}
+
 /// One face's swap into a frame: from `frame` to `out` (which may be the next face's `frame`).
 pub struct PasteStage {
     warp_in: Warp,
@@ -90,6 +98,18 @@ impl PasteStage {
         statics: &Weights,
         frame: &Tensor,
         out: &Tensor,
+    ) -> Result<Self> {
+        Self::with_options(ctx, id, statics, frame, out, PasteOptions::default())
+    }
+
+    /// [`PasteStage::new`] with options.
+    pub fn with_options(
+        ctx: &Context,
+        id: &Identity,
+        statics: &Weights,
+        frame: &Tensor,
+        out: &Tensor,
+        options: PasteOptions,
     ) -> Result<Self> {
         let f = frame.shape();
         let idn = Idn::new(ctx, id, statics, 1)?;
@@ -136,7 +156,20 @@ impl PasteStage {
         // Back into the frame.
         let gen_full = Tensor::new(ctx, f, "swapped in frame")?;
         let mask_full = Tensor::new(ctx, Shape::new(f.n, 1, f.h, f.w), "mask in frame")?;
-        let warp_gen = Warp::new(ctx, &idn.swapped, &gen_full)?;
+        let face = if options.colour_match {
+            let matched = Tensor::new(ctx, idn.swapped.shape(), "colour matched")?;
+            plan.push(crate::kernels::colour::mean_shift(
+                ctx,
+                &idn.target,
+                &idn.swapped,
+                &idn.mask,
+                &matched,
+            )?);
+            matched
+        } else {
+            idn.swapped.clone()
+        };
+        let warp_gen = Warp::new(ctx, &face, &gen_full)?;
         let warp_mask = Warp::new(ctx, &mask, &mask_full)?;
         plan.push(warp_gen.dispatch().clone());
         plan.push(warp_mask.dispatch().clone());

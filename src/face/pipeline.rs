@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 
 use image::RgbImage;
 
+use super::align::umeyama;
 use super::align::{arcface_template, invert, lstsq_affine};
 use super::detect::{detect, Detection};
 use super::landmarks::{landmarks_batch, landmarks_rois, FaceLandmarks, Roi};
-use super::paste::PasteStage;
+use super::paste::{PasteOptions, PasteStage};
 use crate::error::{Error, Result};
 use crate::gpu::{Context, Plan};
 use crate::kernels::warp::Warp;
@@ -198,11 +199,44 @@ impl Select {
     }
 }
 
+/// How landmarks are fitted to the crop template.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Align {
+    /// MobileFaceSwap's official least-squares 6-DoF affine.
+    #[default]
+    Affine,
+    /// A similarity (Umeyama): no shear or anisotropic scale.
+    Similarity,
+}
+
+impl Align {
+    /// Parses `affine` or `similarity`.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "affine" => Ok(Align::Affine),
+            "similarity" | "umeyama" => Ok(Align::Similarity),
+            other => Err(Error::param(
+                "--align",
+                format!("'{other}' (expected affine or similarity)"),
+            )),
+        }
+    }
+
+    /// The frame → crop matrix for 5 landmarks and a crop of `size`.
+    pub fn fit(self, pts: &[[f64; 2]; 5], size: usize) -> Result<super::align::Affine> {
+        match self {
+            Align::Affine => lstsq_affine(pts, &arcface_template(size)),
+            Align::Similarity => umeyama(pts, &arcface_template(size)),
+        }
+    }
+}
+
 /// Swaps into frames of one size, for up to `max_faces` faces: frame tensors and paste stages are
 /// built once and reused for every frame of that size.
 pub struct FrameSwapper {
     frames: Vec<Tensor>,
     stages: Vec<PasteStage>,
+    align: Align,
 }
 
 impl FrameSwapper {
@@ -214,6 +248,30 @@ impl FrameSwapper {
         width: usize,
         height: usize,
         max_faces: usize,
+    ) -> Result<Self> {
+        Self::with_options(
+            ctx,
+            identity,
+            statics_w,
+            width,
+            height,
+            max_faces,
+            Align::default(),
+            PasteOptions::default(),
+        )
+    }
+
+    /// [`FrameSwapper::new`] with the alignment fit and paste options.
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_options(
+        ctx: &Context,
+        identity: &Identity,
+        statics_w: &Weights,
+        width: usize,
+        height: usize,
+        max_faces: usize,
+        align: Align,
+        options: PasteOptions,
     ) -> Result<Self> {
         let frames = (0..2)
             .map(|i| {
@@ -234,11 +292,14 @@ impl FrameSwapper {
                 &all[if i == 0 { 0 } else { 1 + (i + 1) % 2 }],
                 &all[1 + i % 2],
             );
-            stages.push(PasteStage::new(ctx, identity, statics_w, src, dst)?);
+            stages.push(PasteStage::with_options(
+                ctx, identity, statics_w, src, dst, options,
+            )?);
         }
         Ok(FrameSwapper {
             frames: all,
             stages,
+            align,
         })
     }
 
@@ -260,7 +321,7 @@ impl FrameSwapper {
         for (stage, pts) in self.stages.iter().zip(faces) {
             stage.set_alignment(
                 ctx,
-                &lstsq_affine(pts, &arcface_template(crate::models::mobilefaceswap::SIZE))?,
+                &self.align.fit(pts, crate::models::mobilefaceswap::SIZE)?,
             )?;
             plan.extend(stage.plan.clone());
         }

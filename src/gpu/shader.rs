@@ -34,6 +34,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("warp", include_str!("../../shaders/warp.wgsl")),
     ("morph", include_str!("../../shaders/morph.wgsl")),
     ("texture", include_str!("../../shaders/texture.wgsl")),
+    ("colour", include_str!("../../shaders/colour.wgsl")),
 ];
 
 /// Files that are only included by others and have no entry point of their own.

@@ -2,6 +2,7 @@
 //! of the same name in `shaders/`. A kernel is configured once (weights, constants), then bound to
 //! tensors into a [`Dispatch`](crate::gpu::Dispatch) that can be recorded every frame.
 
+pub mod colour;
 pub mod concat;
 pub mod conv;
 pub mod eltwise;

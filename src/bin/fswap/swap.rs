@@ -53,6 +53,12 @@ pub struct Args {
     /// No landmark smoothing across video frames.
     #[arg(long)]
     no_smooth: bool,
+    /// Fit of the landmarks to the crop template: affine (official) or similarity (Umeyama).
+    #[arg(long, default_value = "affine")]
+    align: String,
+    /// Match the swapped face's colours to the target's before pasting.
+    #[arg(long)]
+    colour_match: bool,
     /// In video, run the detector every N frames and track faces by their landmarks in between
     /// (1 = detect every frame).
     #[arg(long, default_value_t = 10, value_name = "N")]
@@ -71,6 +77,8 @@ struct Session {
     max_faces: usize,
     /// Faces of the previous video frame, for tracking.
     tracked: Vec<Face>,
+    align: fswap::face::pipeline::Align,
+    paste: fswap::face::paste::PasteOptions,
 }
 
 impl Session {
@@ -112,13 +120,15 @@ impl Session {
         }
         let size = (img.width(), img.height());
         if self.swapper.as_ref().map(|(s, _)| *s) != Some(size) {
-            let sw = FrameSwapper::new(
+            let sw = FrameSwapper::with_options(
                 &self.ctx,
                 &self.identity,
                 &self.statics,
                 size.0 as usize,
                 size.1 as usize,
                 self.max_faces,
+                self.align,
+                self.paste,
             )?;
             self.swapper = Some((size, sw));
         }
@@ -202,6 +212,10 @@ pub fn run(options: &ContextOptions, args: &Args) -> Result<()> {
         swapper: None,
         max_faces: args.max_faces,
         tracked: vec![],
+        align: fswap::face::pipeline::Align::parse(&args.align)?,
+        paste: fswap::face::paste::PasteOptions {
+            colour_match: args.colour_match,
+        },
     };
     if args.redetect == 0 {
         return Err(Error::param("--redetect", "must be at least 1"));

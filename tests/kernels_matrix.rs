@@ -5,7 +5,7 @@ use common::reference::{act, modulate, pointwise};
 use common::{assert_close, contexts, label, Rng};
 use fswap::kernels::linear::Linear;
 use fswap::kernels::modulate::{Modulate, ModulateSpec};
-use fswap::kernels::pointwise::Pointwise;
+use fswap::kernels::pointwise::{Pointwise, PointwiseTile};
 use fswap::kernels::{Activation, Epilogue, Residual};
 use fswap::{Shape, Tensor};
 
@@ -28,6 +28,10 @@ fn pointwise_random_shapes() {
         (2, 9, 1, 1, 1),
         (1, 64, 40, 11, 13),
         (2, 6, 9, 1, 7),
+        // Planes whose quad count is not a multiple of 4 (the wide tile's tail): 42, 65, 20 positions.
+        (2, 5, 11, 6, 7),
+        (1, 16, 8, 13, 5),
+        (1, 7, 17, 4, 5),
     ];
     for (i, &(n, cin, cout, h, w)) in cases.iter().enumerate() {
         let x = rng.vec(n * cin * h * w, -1.0, 1.0);
@@ -67,7 +71,11 @@ fn pointwise_random_shapes() {
                 v
             })
             .collect();
-        for ctx in contexts() {
+        // Both tiles on every context: the narrow one is what GPUs run, the wide one CPU devices.
+        for (ctx, tile) in contexts()
+            .iter()
+            .flat_map(|c| [(c, PointwiseTile::Narrow), (c, PointwiseTile::Wide)])
+        {
             let pw = Pointwise::new(
                 ctx,
                 cin,
@@ -75,7 +83,8 @@ fn pointwise_random_shapes() {
                 &wt,
                 &Epilogue::bias(&bias).with_act(activation.clone()),
             )
-            .unwrap();
+            .unwrap()
+            .with_tile(tile);
             let xt = Tensor::from_f32(ctx, [n, cin, h, w], &x, "x").unwrap();
             let yt = Tensor::new(ctx, [n, cout, h, w], "y").unwrap();
             let rt = Tensor::from_f32(ctx, [n, cout, h, w], &res, "r").unwrap();
@@ -86,7 +95,7 @@ fn pointwise_random_shapes() {
                 &want,
                 ATOL,
                 RTOL,
-                &format!("pointwise case {i} {}", label(ctx)),
+                &format!("pointwise case {i} {tile:?} {}", label(ctx)),
             );
         }
     }

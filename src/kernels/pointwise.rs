@@ -35,6 +35,27 @@ pub fn transpose_weights(w: &[f32], cin: usize, cout: usize) -> Vec<f32> {
     t
 }
 
+/// How many output positions one invocation computes (a per-adapter tuning knob).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PointwiseTile {
+    /// 8 channels × 4 positions (`pointwise`): GPUs.
+    Narrow,
+    /// 8 channels × 16 positions (`pointwise_wide`): CPU devices such as lavapipe, where loads
+    /// dominate (about 2x faster there).
+    Wide,
+}
+
+impl PointwiseTile {
+    /// The default for a context: wide on CPU adapters, narrow elsewhere (and on host devices,
+    /// whose adapter is unknown).
+    pub fn for_context(ctx: &Context) -> Self {
+        match &ctx.adapter_info {
+            Some(i) if i.device_type == wgpu::DeviceType::Cpu => PointwiseTile::Wide,
+            _ => PointwiseTile::Narrow,
+        }
+    }
+}
+
 /// A configured pointwise convolution.
 pub struct Pointwise {
     cin: usize,
@@ -42,9 +63,16 @@ pub struct Pointwise {
     weights: Tensor,
     epilogue: wgpu::Buffer,
     act: (u32, f32, bool),
+    tile: Option<PointwiseTile>,
 }
 
 impl Pointwise {
+    /// Overrides the per-adapter tile choice (tests, autotuning).
+    pub fn with_tile(mut self, tile: PointwiseTile) -> Self {
+        self.tile = Some(tile);
+        self
+    }
+
     /// Static weights in PyTorch order `[cout, cin]` (a `[cout, cin, 1, 1]` conv weight).
     pub fn new(
         ctx: &Context,
@@ -91,6 +119,7 @@ impl Pointwise {
             weights,
             epilogue: f32_buffer(ctx, "pointwise epilogue", &packed),
             act: epilogue.act.code(),
+            tile: None,
         })
     }
 
@@ -139,7 +168,13 @@ impl Pointwise {
             slope: self.act.1,
             _pad: [0; 3],
         };
-        let invocations = (out.row_stride() / 4) * self.cout.div_ceil(8) * out.n;
+        let tile = self.tile.unwrap_or_else(|| PointwiseTile::for_context(ctx));
+        let quads = out.row_stride() / 4;
+        let (entry, per_row) = match tile {
+            PointwiseTile::Narrow => ("pointwise", quads),
+            PointwiseTile::Wide => ("pointwise_wide", quads.div_ceil(4)),
+        };
+        let invocations = per_row * self.cout.div_ceil(8) * out.n;
         let res_bytes = if res_mode == Residual::None {
             0
         } else {
@@ -151,7 +186,7 @@ impl Pointwise {
         };
         Ok(ctx.dispatch(
             format!("pointwise {}->{} {}x{}", self.cin, self.cout, out.h, out.w),
-            ctx.pipeline("pointwise", "pointwise", &[])?,
+            ctx.pipeline("pointwise", entry, &[])?,
             &[
                 x.into(),
                 (&self.weights).into(),

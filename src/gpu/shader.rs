@@ -21,6 +21,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("common", include_str!("../../shaders/common.wgsl")),
     ("epilogue", include_str!("../../shaders/epilogue.wgsl")),
     ("conv", include_str!("../../shaders/conv.wgsl")),
+    ("conv_grad", include_str!("../../shaders/conv_grad.wgsl")),
     ("pointwise", include_str!("../../shaders/pointwise.wgsl")),
     ("linear", include_str!("../../shaders/linear.wgsl")),
     ("modulate", include_str!("../../shaders/modulate.wgsl")),

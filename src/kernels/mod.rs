@@ -5,6 +5,7 @@
 pub mod colour;
 pub mod concat;
 pub mod conv;
+pub mod conv_grad;
 pub mod eltwise;
 pub mod fusion;
 pub mod linear;

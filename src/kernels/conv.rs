@@ -109,6 +109,30 @@ impl ConvSpec {
         Ok(())
     }
 
+    /// The uniform geometry for input `x` and output `out` (both already checked).
+    pub(crate) fn geometry(&self, x: Shape, out: Shape) -> Geometry {
+        Geometry {
+            n: x.n as u32,
+            cin: self.cin as u32,
+            h: x.h as u32,
+            w: x.w as u32,
+            cout: self.cout as u32,
+            ho: out.h as u32,
+            wo: out.w as u32,
+            kh: self.kernel.0 as u32,
+            kw: self.kernel.1 as u32,
+            sy: self.stride.0 as u32,
+            sx: self.stride.1 as u32,
+            py: self.pad.0 as u32,
+            px: self.pad.1 as u32,
+            dy: self.dilation.0 as u32,
+            dx: self.dilation.1 as u32,
+            cin_g: (self.cin / self.groups) as u32,
+            cout_g: (self.cout / self.groups) as u32,
+            reflect: (self.padding == Padding::Reflect) as u32,
+        }
+    }
+
     /// Output shape for an input shape, or an error naming the mismatch.
     pub fn output_shape(&self, x: Shape) -> Result<Shape> {
         self.validate()?;
@@ -159,9 +183,11 @@ impl ConvSpec {
     }
 }
 
+/// The convolution geometry every convolution kernel's uniforms start with (forward and
+/// backward share it field for field, as their WGSL `Params` structs do).
 #[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct Geometry {
     n: u32,
     cin: u32,
     h: u32,
@@ -180,6 +206,12 @@ struct Params {
     cin_g: u32,
     cout_g: u32,
     reflect: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    geometry: Geometry,
     w_nstride: u32,
     w_ostride: u32,
     act: u32,
@@ -315,26 +347,9 @@ impl Conv2d {
             spec.cout * ws.row_stride()
         };
         let xs = x.shape();
-        let (cin_g, cout_g) = (spec.cin / spec.groups, spec.cout / spec.groups);
+        let cout_g = spec.cout / spec.groups;
         let params = Params {
-            n: xs.n as u32,
-            cin: spec.cin as u32,
-            h: xs.h as u32,
-            w: xs.w as u32,
-            cout: spec.cout as u32,
-            ho: out.h as u32,
-            wo: out.w as u32,
-            kh: spec.kernel.0 as u32,
-            kw: spec.kernel.1 as u32,
-            sy: spec.stride.0 as u32,
-            sx: spec.stride.1 as u32,
-            py: spec.pad.0 as u32,
-            px: spec.pad.1 as u32,
-            dy: spec.dilation.0 as u32,
-            dx: spec.dilation.1 as u32,
-            cin_g: cin_g as u32,
-            cout_g: cout_g as u32,
-            reflect: (spec.padding == Padding::Reflect) as u32,
+            geometry: spec.geometry(xs, out),
             w_nstride: w_nstride as u32,
             w_ostride: w_ostride as u32,
             act: self.act.0,

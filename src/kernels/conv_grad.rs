@@ -18,7 +18,7 @@
 //! Parameters and their gradients are f32 (plain storage buffers); activations and their gradients
 //! are fp16 [`Tensor`]s.
 
-use super::conv::{ConvSpec, Padding};
+use super::conv::{ConvSpec, Geometry, Padding};
 use super::{expect_shape, half_bytes};
 use crate::error::{Error, Result};
 use crate::gpu::{grid, Binding, Context, Dispatch, DispatchStats, WORKGROUP};
@@ -37,24 +37,7 @@ const CHUNK_QUADS: usize = 4 * WORKGROUP as usize;
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
-    n: u32,
-    cin: u32,
-    h: u32,
-    w: u32,
-    cout: u32,
-    ho: u32,
-    wo: u32,
-    kh: u32,
-    kw: u32,
-    sy: u32,
-    sx: u32,
-    py: u32,
-    px: u32,
-    dy: u32,
-    dx: u32,
-    cin_g: u32,
-    cout_g: u32,
-    reflect: u32,
+    geometry: Geometry,
     kp: u32,
     chunks: u32,
     chunk_quads: u32,
@@ -225,24 +208,7 @@ impl ConvGrad {
         let s = &self.spec;
         let kp = s.weights_per_output() + 1;
         Params {
-            n: x.n as u32,
-            cin: s.cin as u32,
-            h: x.h as u32,
-            w: x.w as u32,
-            cout: s.cout as u32,
-            ho: y.h as u32,
-            wo: y.w as u32,
-            kh: s.kernel.0 as u32,
-            kw: s.kernel.1 as u32,
-            sy: s.stride.0 as u32,
-            sx: s.stride.1 as u32,
-            py: s.pad.0 as u32,
-            px: s.pad.1 as u32,
-            dy: s.dilation.0 as u32,
-            dx: s.dilation.1 as u32,
-            cin_g: (s.cin / s.groups) as u32,
-            cout_g: (s.cout / s.groups) as u32,
-            reflect: (s.padding == Padding::Reflect) as u32,
+            geometry: s.geometry(x, y),
             kp: kp as u32,
             chunks: chunks as u32,
             chunk_quads: chunk_quads as u32,

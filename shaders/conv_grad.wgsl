@@ -290,6 +290,26 @@ fn grad_input_reflect(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(nu
 const KT: u32 = 16u; // weights per workgroup
 var<workgroup> red: array<f32, 1024>; // [KT][64]
 
+// The input values under tap (ky, kx) for the 4 output positions whose tap-(0, 0) input
+// coordinates are (by, bx); zero where padding (zero mode) or a lane is missing.
+fn gather_x(xb: u32, by: vec4<i32>, bx: vec4<i32>, ky: u32, kx: u32, live: vec4<bool>, reflect: bool) -> vec4<f32> {
+    var yy = by + vec4<i32>(i32(ky * p.dy));
+    var xx = bx + vec4<i32>(i32(kx * p.dx));
+    if (reflect) {
+        for (var l = 0u; l < 4u; l++) {
+            yy[l] = pad_index(yy[l], i32(p.h), true);
+            xx[l] = pad_index(xx[l], i32(p.w), true);
+        }
+    }
+    let ok = live & (yy >= vec4<i32>(0)) & (yy < vec4<i32>(i32(p.h))) & (xx >= vec4<i32>(0)) & (xx < vec4<i32>(i32(p.w)));
+    let off = select(vec4<i32>(-1), yy * i32(p.w) + xx, ok);
+    var xv = vec4<f32>(0.0);
+    for (var l = 0u; l < 4u; l++) {
+        if (off[l] >= 0) { xv[l] = x_ld(xb + u32(off[l])); }
+    }
+    return xv;
+}
+
 @compute @workgroup_size(64)
 fn grad_weight(@builtin(workgroup_id) wid3: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
@@ -329,20 +349,7 @@ fn grad_weight(@builtin(workgroup_id) wid3: vec3<u32>, @builtin(num_workgroups) 
             let ky = tap / p.kw;
             let kx = tap % p.kw;
             let xb = (n * p.cin + g * p.cin_g + i) * xs;
-            var yy = by + vec4<i32>(i32(ky * p.dy));
-            var xx = bx + vec4<i32>(i32(kx * p.dx));
-            if (reflect) {
-                for (var l = 0u; l < 4u; l++) {
-                    yy[l] = pad_index(yy[l], i32(p.h), true);
-                    xx[l] = pad_index(xx[l], i32(p.w), true);
-                }
-            }
-            let ok = live & (yy >= vec4<i32>(0)) & (yy < vec4<i32>(i32(p.h))) & (xx >= vec4<i32>(0)) & (xx < vec4<i32>(i32(p.w)));
-            let off = select(vec4<i32>(-1), yy * i32(p.w) + xx, ok);
-            var xv = vec4<f32>(0.0);
-            for (var l = 0u; l < 4u; l++) {
-                if (off[l] >= 0) { xv[l] = x_ld(xb + u32(off[l])); }
-            }
+            let xv = gather_x(xb, by, bx, ky, kx, live, reflect);
             acc[j] += dot(gy, xv);
         }
     }
@@ -431,20 +438,7 @@ fn grad_weight4(@builtin(workgroup_id) wid3: vec3<u32>, @builtin(num_workgroups)
                 continue;
             }
             let xb = (n * p.cin + g * p.cin_g + i) * xs;
-            var yy = by + vec4<i32>(i32(ky * p.dy));
-            var xx = bx + vec4<i32>(i32(kx * p.dx));
-            if (reflect) {
-                for (var l = 0u; l < 4u; l++) {
-                    yy[l] = pad_index(yy[l], i32(p.h), true);
-                    xx[l] = pad_index(xx[l], i32(p.w), true);
-                }
-            }
-            let ok = live & (yy >= vec4<i32>(0)) & (yy < vec4<i32>(i32(p.h))) & (xx >= vec4<i32>(0)) & (xx < vec4<i32>(i32(p.w)));
-            let off = select(vec4<i32>(-1), yy * i32(p.w) + xx, ok);
-            var xv = vec4<f32>(0.0);
-            for (var l = 0u; l < 4u; l++) {
-                if (off[l] >= 0) { xv[l] = x_ld(xb + u32(off[l])); }
-            }
+            let xv = gather_x(xb, by, bx, ky, kx, live, reflect);
             acc[j] += vec4<f32>(dot(g0, xv), dot(g1, xv), dot(g2, xv), dot(g3, xv));
             kx += 1u;
             if (kx == p.kw) { kx = 0u; ky += 1u; if (ky == p.kh) { ky = 0u; i += 1u; } }

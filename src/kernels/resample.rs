@@ -33,7 +33,8 @@ struct Params {
     r: u32,
     sy: f32,
     sx: f32,
-    _pad: [u32; 2],
+    mode: u32,
+    _pad: u32,
 }
 
 impl Resample {
@@ -99,7 +100,12 @@ impl Resample {
             r: r as u32,
             sy: axis(xs.h, ys.h),
             sx: axis(xs.w, ys.w),
-            _pad: [0; 2],
+            mode: match self {
+                Resample::Bilinear { .. } => 0,
+                Resample::Nearest => 1,
+                Resample::PixelShuffle(_) => 2,
+            },
+            _pad: 0,
         };
         let flops = if entry == "bilinear" {
             6 * ys.numel() as u64
@@ -108,7 +114,7 @@ impl Resample {
         };
         Ok(ctx.dispatch(
             format!("{entry} {}x{}->{}x{} c{}", xs.h, xs.w, ys.h, ys.w, ys.c),
-            ctx.pipeline("resample", entry, &[])?,
+            ctx.pipeline("resample", "resample", &[])?,
             &[x.into(), y.into()],
             &params,
             grid((ys.rows() * ys.row_stride() / 4) as u64, WORKGROUP),

@@ -236,6 +236,8 @@ impl Align {
 pub struct FrameSwapper {
     frames: Vec<Tensor>,
     stages: Vec<PasteStage>,
+    /// `plans[k]`: the first `k + 1` stages in one plan, built once.
+    plans: Vec<Plan>,
     align: Align,
 }
 
@@ -296,16 +298,32 @@ impl FrameSwapper {
                 ctx, identity, statics_w, src, dst, options,
             )?);
         }
+        let plans = (0..stages.len())
+            .map(|k| {
+                let mut plan = Plan::default();
+                stages[..=k]
+                    .iter()
+                    .for_each(|st: &PasteStage| plan.extend(st.plan.clone()));
+                plan
+            })
+            .collect();
         Ok(FrameSwapper {
             frames: all,
             stages,
+            plans,
             align,
         })
     }
 
     /// Uploads `img`, sets each face's alignment, and returns the plan that swaps them (the
-    /// per-frame GPU work); the result lands in [`FrameSwapper::output`].
-    pub fn prepare(&self, ctx: &Context, img: &RgbImage, faces: &[[[f64; 2]; 5]]) -> Result<Plan> {
+    /// per-frame GPU work, built once per face count); the result lands in
+    /// [`FrameSwapper::output`]. `None` when there are no faces.
+    pub fn prepare(
+        &self,
+        ctx: &Context,
+        img: &RgbImage,
+        faces: &[[[f64; 2]; 5]],
+    ) -> Result<Option<&Plan>> {
         if faces.len() > self.stages.len() {
             return Err(Error::param(
                 "swap",
@@ -317,15 +335,13 @@ impl FrameSwapper {
             ));
         }
         img_io::upload(ctx, &self.frames[0], img)?;
-        let mut plan = Plan::default();
         for (stage, pts) in self.stages.iter().zip(faces) {
             stage.set_alignment(
                 ctx,
                 &self.align.fit(pts, crate::models::mobilefaceswap::SIZE)?,
             )?;
-            plan.extend(stage.plan.clone());
         }
-        Ok(plan)
+        Ok(faces.len().checked_sub(1).map(|k| &self.plans[k]))
     }
 
     /// The frame tensor holding the result after swapping `faces` faces.
@@ -342,7 +358,9 @@ impl FrameSwapper {
         if faces.is_empty() {
             return Ok(img.clone());
         }
-        self.prepare(ctx, img, faces)?.run(ctx)?;
+        if let Some(plan) = self.prepare(ctx, img, faces)? {
+            plan.run(ctx)?;
+        }
         img_io::download(ctx, self.output(faces.len()))
     }
 
@@ -574,8 +592,8 @@ pub fn time_frame(
     let plan = swapper.prepare(ctx, img, &pts)?;
     ctx.wait()?;
     st.upload_ms = ms(t);
-    st.swap_dispatches = plan.len();
-    if !plan.is_empty() {
+    if let Some(plan) = plan {
+        st.swap_dispatches = plan.len();
         st.swap_gpu_ms = ctx.time(&plan.refs(), 0, 1)?.total_micros / 1e3;
     }
     let t = Instant::now();

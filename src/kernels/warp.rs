@@ -86,27 +86,25 @@ impl Warp {
                 format!("{} matrices for {} output samples", samples.len(), self.n),
             ));
         }
-        let mut data = Vec::with_capacity(8 * self.n);
-        for (m, src) in samples {
+        // One 32-byte write per sample from the stack: nothing is allocated per frame.
+        for (k, (m, src)) in samples.iter().enumerate() {
             if m.iter().flatten().any(|v| !v.is_finite()) {
                 return Err(Error::param("warp", "non-finite matrix"));
             }
-            data.extend(
-                [
-                    m[0][0],
-                    m[0][1],
-                    m[0][2],
-                    m[1][0],
-                    m[1][1],
-                    m[1][2],
-                    *src as f64,
-                    0.0,
-                ]
-                .map(|v| v as f32),
-            );
+            let row = [
+                m[0][0],
+                m[0][1],
+                m[0][2],
+                m[1][0],
+                m[1][1],
+                m[1][2],
+                *src as f64,
+                0.0,
+            ]
+            .map(|v| v as f32);
+            ctx.queue
+                .write_buffer(&self.mats, (32 * k) as u64, bytemuck::cast_slice(&row));
         }
-        ctx.queue
-            .write_buffer(&self.mats, 0, bytemuck::cast_slice(&data));
         Ok(())
     }
 

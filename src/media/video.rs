@@ -148,7 +148,8 @@ impl Drop for Decoder {
 /// Encodes RGB frames to a video, copying the audio of `audio_from` if it has any. Writes to a
 /// temporary file and renames it over the output on [`Encoder::finish`]: nothing partial is left.
 pub struct Encoder {
-    child: Child,
+    /// Taken by [`Encoder::finish`]; still here on drop means the encode was abandoned.
+    child: Option<Child>,
     input: Option<ChildStdin>,
     tmp: PathBuf,
     out: PathBuf,
@@ -186,7 +187,7 @@ impl Encoder {
             .map_err(|e| tool_err("ffmpeg", e))?;
         let input = child.stdin.take();
         Ok(Encoder {
-            child,
+            child: Some(child),
             input,
             tmp,
             out: out.to_path_buf(),
@@ -205,7 +206,8 @@ impl Encoder {
     /// Closes the stream, waits for ffmpeg and moves the file into place.
     pub fn finish(mut self) -> Result<()> {
         drop(self.input.take());
-        let out = self.child.wait_with_output().map_err(|e| Error::Io {
+        let child = self.child.take().expect("present until finish");
+        let out = child.wait_with_output().map_err(|e| Error::Io {
             path: "ffmpeg encoder".into(),
             source: e,
         })?;
@@ -223,5 +225,18 @@ impl Encoder {
             path: self.out.display().to_string(),
             source,
         })
+    }
+}
+
+impl Drop for Encoder {
+    /// An encoder dropped without [`Encoder::finish`] (an error mid-video) stops ffmpeg and removes
+    /// its partial file: the output path is never left half-written.
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            drop(self.input.take());
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_file(&self.tmp);
+        }
     }
 }

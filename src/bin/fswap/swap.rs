@@ -298,6 +298,12 @@ fn swap_video(s: &mut Session, args: &Args) -> Result<()> {
         bar.inc(1);
     }
     bar.finish_and_clear();
+    if n == 0 {
+        return Err(Error::Format {
+            path: args.target.display().to_string(),
+            detail: "ffmpeg decoded no frame from this video".into(),
+        });
+    }
     enc.finish()?;
     eprintln!(
         "wrote {}: {n} frames at {:.2} fps",

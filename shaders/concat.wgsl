@@ -18,3 +18,15 @@ fn copy_channels(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
     let n = t / (p.qpr * p.cs);
     dst_st4((n * p.cd + p.offset + c) * p.qpr + q, src_ld4(t));
 }
+
+// `split_channels`, the adjoint of copy_channels (channel-concat backward): dst [N, Cs, H, W] gets
+// channels `offset..offset + Cs` of the wide src [N, Cd, H, W], one invocation per dst quad.
+@compute @workgroup_size(64)
+fn split_channels(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let t = flat_id(gid, nwg);
+    if (t >= p.qpr * p.cs * p.n) { return; }
+    let q = t % p.qpr;
+    let c = (t / p.qpr) % p.cs;
+    let n = t / (p.qpr * p.cs);
+    dst_st4(t, src_ld4((n * p.cd + p.offset + c) * p.qpr + q));
+}

@@ -9,6 +9,7 @@
 
 #![warn(missing_docs)]
 
+pub mod autograd;
 pub mod bench;
 pub mod error;
 pub mod eval;
@@ -19,6 +20,7 @@ pub mod kernels;
 pub mod media;
 pub mod models;
 pub mod tensor;
+pub mod train;
 pub mod util;
 pub mod weights;
 

@@ -36,6 +36,35 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("morph", include_str!("../../shaders/morph.wgsl")),
     ("texture", include_str!("../../shaders/texture.wgsl")),
     ("colour", include_str!("../../shaders/colour.wgsl")),
+    ("norm_grad", include_str!("../../shaders/norm_grad.wgsl")),
+    (
+        "resample_grad",
+        include_str!("../../shaders/resample_grad.wgsl"),
+    ),
+    ("pool_grad", include_str!("../../shaders/pool_grad.wgsl")),
+    (
+        "linear_grad",
+        include_str!("../../shaders/linear_grad.wgsl"),
+    ),
+    (
+        "modulate_grad",
+        include_str!("../../shaders/modulate_grad.wgsl"),
+    ),
+    (
+        "reduce_grad",
+        include_str!("../../shaders/reduce_grad.wgsl"),
+    ),
+    (
+        "eltwise_grad",
+        include_str!("../../shaders/eltwise_grad.wgsl"),
+    ),
+    (
+        "fusion_grad",
+        include_str!("../../shaders/fusion_grad.wgsl"),
+    ),
+    ("optim", include_str!("../../shaders/optim.wgsl")),
+    ("cast", include_str!("../../shaders/cast.wgsl")),
+    ("loss", include_str!("../../shaders/loss.wgsl")),
 ];
 
 /// Files that are only included by others and have no entry point of their own.

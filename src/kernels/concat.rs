@@ -1,5 +1,5 @@
 //! `shaders/concat.wgsl`: channel concat by writing each part into its channel offset of the
-//! destination (no separate concat pass over the whole output).
+//! destination (no separate concat pass over the whole output), and its adjoint, channel split.
 
 use super::half_bytes;
 use crate::error::{Error, Result};
@@ -47,6 +47,48 @@ pub fn copy_channels(ctx: &Context, src: &Tensor, dst: &Tensor, offset: usize) -
         DispatchStats {
             flops: 0,
             bytes: 2 * half_bytes(s),
+        },
+    ))
+}
+
+/// Copies channels `offset..offset + Cd` of the wide `src` `[N, Cs, H, W]` into `dst`
+/// `[N, Cd, H, W]`: the adjoint of [`copy_channels`] (the backward of a channel concat, one
+/// dispatch per part). `dst` is overwritten.
+pub fn split_channels(
+    ctx: &Context,
+    src: &Tensor,
+    dst: &Tensor,
+    offset: usize,
+) -> Result<Dispatch> {
+    let (s, d) = (src.shape(), dst.shape());
+    if s.n != d.n || s.h != d.h || s.w != d.w || offset + d.c > s.c {
+        return Err(Error::shape(
+            "split",
+            format!(
+                "cannot take {:?} from channel {offset} of {:?}",
+                d.dims(),
+                s.dims()
+            ),
+        ));
+    }
+    // The shader's `cs` is the narrow tensor's channel count, `cd` the wide one's, as in the copy.
+    let params = Params {
+        n: d.n as u32,
+        cs: d.c as u32,
+        cd: s.c as u32,
+        offset: offset as u32,
+        qpr: (d.row_stride() / 4) as u32,
+        _pad: [0; 3],
+    };
+    Ok(ctx.dispatch(
+        format!("split c{}@{offset} of {}", d.c, s.c),
+        ctx.pipeline("concat", "split_channels", &[])?,
+        &[src.into(), dst.into()],
+        &params,
+        grid((d.rows() * d.row_stride() / 4) as u64, WORKGROUP),
+        DispatchStats {
+            flops: 0,
+            bytes: 2 * half_bytes(d),
         },
     ))
 }

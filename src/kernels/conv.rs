@@ -296,6 +296,17 @@ impl Conv2d {
         &self.spec
     }
 
+    /// The fp16 weight tensor the kernel reads (a trainer refreshes it from its f32 masters).
+    pub fn weight_tensor(&self) -> &Tensor {
+        &self.weights
+    }
+
+    /// The f32 epilogue buffer `[scale(cout) | shift(cout) | prelu(cout)]` (a trainer writes the
+    /// bias into the shift segment after every optimiser step).
+    pub fn epilogue_buffer(&self) -> &wgpu::Buffer {
+        &self.epilogue
+    }
+
     /// Whether the row-quad fast path applies: whole quads per image row in and out, square kernel,
     /// equal strides and paddings, dilation 1, zero padding, and an input window of at most 6 quads
     /// (the shader's register array) for the 4 outputs.

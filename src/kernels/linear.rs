@@ -6,7 +6,7 @@
 use super::{expect_shape, f32_buffer, half_bytes, positive, Epilogue};
 use crate::error::{Error, Result};
 use crate::gpu::{grid, Context, Dispatch, DispatchStats, WORKGROUP};
-use crate::tensor::{align4, Shape, Tensor};
+use crate::tensor::{Shape, Tensor};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -59,17 +59,9 @@ impl Linear {
                 ),
             ));
         }
-        // Lay each weight row out like the input's padded rows (zeros in the pad slots).
-        let (plane, rs) = (h * w, align4(h * w));
-        let row = c * rs;
-        let mut laid = vec![0f32; out * row];
-        for o in 0..out {
-            for ch in 0..c {
-                let src = &weights[o * feats + ch * plane..o * feats + (ch + 1) * plane];
-                laid[o * row + ch * rs..o * row + ch * rs + plane].copy_from_slice(src);
-            }
-        }
-        let weights = Tensor::from_f32(ctx, Shape::new(1, out, 1, row), &laid, "linear weights")?;
+        // Each weight row is laid out like the input's padded rows (zeros in the pad slots): the
+        // tensor [out, C, H, W] holding the PyTorch weights in order has exactly that layout.
+        let weights = Tensor::from_f32(ctx, Shape::new(out, c, h, w), weights, "linear weights")?;
         let packed = epilogue.pack("linear epilogue", out)?;
         Ok(Linear {
             input,
@@ -78,6 +70,33 @@ impl Linear {
             epilogue: f32_buffer(ctx, "linear epilogue", &packed),
             act: epilogue.act.code(),
         })
+    }
+
+    /// The fp16 weight tensor the forward reads (training-forward hook: a trainer refreshes it
+    /// from its f32 master weights after each optimiser step, e.g. with the cast kernel, no
+    /// transpose). Shape `[out, C, H, W]`: PyTorch's `[out, in]` matrix, **not transposed**, with
+    /// each output row viewed as one input sample `(C, H, W)`, so its logical NCHW order is exactly
+    /// PyTorch's row-major `[out, in]` order and its padded rows match the input's.
+    pub fn weight_tensor(&self) -> &Tensor {
+        &self.weights
+    }
+
+    /// The f32 epilogue buffer the forward reads (training-forward hook): `3·out` floats laid out
+    /// `[scale(out) | shift(out) | prelu(out)]` (scale 1 and shift = bias for a plain linear
+    /// layer; the PReLU slopes are used only when the activation has one per output). Usage
+    /// `STORAGE | COPY_DST`: a trainer writes the bias at offset `out` floats.
+    pub fn epilogue_buffer(&self) -> &wgpu::Buffer {
+        &self.epilogue
+    }
+
+    /// Per-sample input shape `(C, H, W)`.
+    pub fn input_dims(&self) -> (usize, usize, usize) {
+        self.input
+    }
+
+    /// Output features.
+    pub fn out_features(&self) -> usize {
+        self.out
     }
 
     /// Output shape `[N, 1, 1, out]` for input `x`.

@@ -2,20 +2,31 @@
 //! of the same name in `shaders/`. A kernel is configured once (weights, constants), then bound to
 //! tensors into a [`Dispatch`](crate::gpu::Dispatch) that can be recorded every frame.
 
+pub mod cast;
 pub mod colour;
 pub mod concat;
 pub mod conv;
 pub mod conv_grad;
 pub mod eltwise;
+pub mod eltwise_grad;
 pub mod fusion;
+pub mod fusion_grad;
 pub mod linear;
+pub mod linear_grad;
+pub mod loss;
 pub mod modulate;
+pub mod modulate_grad;
 pub mod morph;
 pub mod norm;
+pub mod norm_grad;
+pub mod optim;
 pub mod pointwise;
 pub mod pool;
+pub mod pool_grad;
 pub mod reduce;
+pub mod reduce_grad;
 pub mod resample;
+pub mod resample_grad;
 pub mod texture;
 pub mod warp;
 

@@ -74,6 +74,20 @@ impl Modulate {
         })
     }
 
+    /// The fp16 base-weight tensor the forward reads (training-forward hook: a trainer refreshes
+    /// it from its f32 master weights after each optimiser step). Shape `[1, cin, 1, cout]`: the
+    /// PyTorch `[cout, cin]` matrix **transposed** (row `i` holds `W[·, i]`, rows padded to a
+    /// multiple of 4 halves), the layout of [`super::pointwise::Pointwise::with_weights`]; with the
+    /// cast kernel that is the per-batch transpose of a `[rows = cout, cols = cin]` source.
+    pub fn weight_tensor(&self) -> &Tensor {
+        &self.weights
+    }
+
+    /// The settings.
+    pub fn spec(&self) -> &ModulateSpec {
+        &self.spec
+    }
+
     /// Shape of the modulated weights for a style batch of `n`.
     pub fn output_shape(&self, n: usize) -> Shape {
         Shape::new(n, self.spec.cin, 1, self.spec.cout)

@@ -123,6 +123,17 @@ impl Pointwise {
         })
     }
 
+    /// The fp16 weight tensor `[n, cin, 1, cout]` the kernel reads (a trainer refreshes it from
+    /// its f32 masters).
+    pub fn weight_tensor(&self) -> &Tensor {
+        &self.weights
+    }
+
+    /// The f32 epilogue buffer `[scale(cout) | shift(cout) | prelu(cout)]`.
+    pub fn epilogue_buffer(&self) -> &wgpu::Buffer {
+        &self.epilogue
+    }
+
     /// Output shape for an input shape.
     pub fn output_shape(&self, x: Shape) -> Result<Shape> {
         if x.c != self.cin {

@@ -223,3 +223,82 @@ def unet_forward(unet_state, img, return_e4=False):
     unet = UNet().double().eval()
     load_paddle_state(unet, unet_state)
     return unet(img.to(torch.float64), return_e4=return_e4)
+
+
+# --------------------------------------------------------------------------------------------
+# Differentiable forwards for the gradient goldens (tools/golden_grads.py). Separate from the
+# modules above so their behaviour (used by tools/golden_models.py) is unchanged.
+
+UNET_KERNEL_NAMES = ([f"Encoder.{i}.{k}.weight" for i in range(5) for k in (0, 1)]
+                     + [f"Decoder.{j}.{k}.weight" for j in range(4) for k in (0, 1)])
+
+
+def idn_apply(kernels, biases, final, mask, data, detach_mask_input=True, tap=None):
+    """The IDN forward of ``UNet.forward`` as plain functions of its weights, so autograd reaches
+    whatever produced them (parameters of a ``UNet``, or kernels predicted by ``BuildFaceSwap``).
+
+    * ``kernels``: the 18 dynamic conv weights by spec 1.6 name (``UNET_KERNEL_NAMES``);
+    * ``biases``: the 18 ``...bias`` tensors by name, or None for the zero biases of an injection;
+    * ``final`` / ``mask``: the static heads (their own train/eval mode picks the BN statistics);
+    * ``detach_mask_input``: the mask branch reads ``e4.detach()`` (spec 3: gradient stopped), so
+      the mask output reaches the mask parameters and nothing upstream;
+    * ``tap(name, tensor) -> tensor``: optional, called on every intermediate (e0..e4 and their
+      depthwise outputs e0.dw.., d0.up.., d0.dw.., d0..d3, out, m, swapped), e.g. to hook
+      gradient statistics; it must return the tensor (or a stand-in for it).
+
+    Same operations in the same order as ``UNet.forward`` (bit-identical in float64).
+    Returns (swapped [N,3,H,W], mask [N,1,H,W])."""
+    tap = tap or (lambda _name, t: t)
+
+    def b(name):
+        return None if biases is None else biases[name]
+
+    def up(t):
+        return F.interpolate(t, scale_factor=2.0, mode="bilinear", align_corners=True)
+
+    x = (data - 0.5) / 0.5
+    skips = []
+    for i, c in enumerate(ENC_CH[:-1]):
+        x = tap(f"e{i}.dw", F.conv2d(x, kernels[f"Encoder.{i}.0.weight"], b(f"Encoder.{i}.0.bias"),
+                                     stride=2, padding=1, groups=c))
+        x = F.conv2d(x, kernels[f"Encoder.{i}.1.weight"], b(f"Encoder.{i}.1.bias"))
+        x = tap(f"e{i}", F.leaky_relu(x, LEAKY_SLOPE))
+        skips.append(x)
+    e4 = x
+    m = tap("m", mask(e4.detach() if detach_mask_input else e4))
+    y = e4
+    for j, c in enumerate(DEC_IN):
+        y = tap(f"d{j}.up", up(y))
+        y = tap(f"d{j}.dw", F.conv2d(y, kernels[f"Decoder.{j}.0.weight"], b(f"Decoder.{j}.0.bias"),
+                                     padding=1, groups=c))
+        y = F.conv2d(y, kernels[f"Decoder.{j}.1.weight"], b(f"Decoder.{j}.1.bias"))
+        y = tap(f"d{j}", F.leaky_relu(y, LEAKY_SLOPE))
+        if j < 3:
+            y = torch.cat([y, skips[3 - j]], dim=1)
+    out = tap("out", (final(y) + 1.0) / 2.0)
+    swapped = tap("swapped", out * m + (1.0 - m) * data)
+    return swapped, m
+
+
+def unet_apply(unet, data, detach_mask_input=True, tap=None):
+    """``idn_apply`` with a ``UNet``'s own parameters (kernels, biases, final, mask)."""
+    p = dict(unet.named_parameters())
+    kernels = {k: p[k] for k in UNET_KERNEL_NAMES}
+    biases = {k.replace(".weight", ".bias"): p[k.replace(".weight", ".bias")] for k in UNET_KERNEL_NAMES}
+    return idn_apply(kernels, biases, unet.final, unet.mask, data, detach_mask_input, tap)
+
+
+def swap_apply(bfs, id_emb, id_feature_map, data, detach_mask_input=True, tap=None):
+    """The whole MobileFaceSwap forward, differentiable end to end: the IIN predicts and
+    modulates the 18 kernels from (id_emb [1,512], id_feature_map [1,512,7,7]) (``bfs``'s mode
+    picks its BN statistics), then ``idn_apply`` runs the IDN on data [N,3,H,W] with zero
+    encoder/decoder biases and ``bfs.final`` / ``bfs.mask``. Returns (swapped, mask)."""
+    enc_dw, dec_dw, enc_pw, dec_pw = bfs(id_emb, id_feature_map)
+    kernels = {}
+    for i in range(5):
+        kernels[f"Encoder.{i}.0.weight"] = enc_dw[i]
+        kernels[f"Encoder.{i}.1.weight"] = enc_pw[i]
+    for j in range(4):
+        kernels[f"Decoder.{j}.0.weight"] = dec_dw[j]
+        kernels[f"Decoder.{j}.1.weight"] = dec_pw[j]
+    return idn_apply(kernels, None, bfs.final, bfs.mask, data, detach_mask_input, tap)

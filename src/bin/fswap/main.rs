@@ -5,6 +5,7 @@
 mod bench;
 mod detect;
 mod eval;
+mod grad;
 mod identity;
 mod info;
 mod swap;
@@ -41,6 +42,9 @@ enum Command {
     Bench(bench::Args),
     /// Run a model on named inputs and write named float32 outputs (check an export).
     Eval(eval::Args),
+    /// Back-propagate seeds through a model and write the gradients of every input and
+    /// parameter (check the trainer against the training framework).
+    Grad(grad::Args),
     /// Inject a source identity once and save the per-frame model's weights.
     Identity(identity::Args),
     /// Find faces: boxes, 68 and 5 landmarks, head pose.
@@ -81,6 +85,7 @@ fn run(cli: &Cli) -> Result<()> {
         Command::Info(args) => info::run(&options, args),
         Command::Bench(args) => bench::run(&options, args),
         Command::Eval(args) => eval::run(&options, args),
+        Command::Grad(args) => grad::run(&options, args),
         Command::Identity(args) => identity::run(&options, args),
         Command::Detect(args) => detect::run(&options, args),
         Command::Swap(args) => swap::run(&options, args),

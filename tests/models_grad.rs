@@ -3,12 +3,12 @@
 //! IDN) and ArcFace. Inputs, seeds and weights are regenerated in CI with NumPy alone
 //! (`tools/grad_inputs.py`, sha256 checked against the goldens' metadata).
 //!
-//! Tolerance: activations and their gradients are fp16 in the engine and the reference is float64.
-//! Besides rounding (2^-11 per store), the fp16 forward puts a few pre-activations on the other side
-//! of a LeakyReLU / PReLU kink than the float64 one; a fraction p of such flips moves a gradient by
-//! about √p in relative L2 (measured 2–8% on these random-weight models). Each tensor is therefore
-//! judged by its relative L2 error (≤ [`REL_L2`]) and its largest element error (≤ [`MAX_FRAC`] of
-//! its largest magnitude); the norms of sampled tensors within the same relative error. A wrong adjoint is off by O(1).
+//! Tolerance, from an independent model of fp16 storage: `tools/golden_grads.py` also recomputes
+//! each gradient with every activation and activation gradient rounded to fp16 and records the
+//! largest deviation from float64 (`grad_fp16_err`). Rounding moves some pre-activations across a
+//! LeakyReLU / PReLU kink, so this is large where kinks are dense (the mask branch: 15–33% of the
+//! scale). Every element must be within `4·grad_fp16_err + 0.02·max|g|`; sampled tensors also by
+//! their norm. A wrong adjoint misses by far more (a transposed square Linear: 2.3× the scale).
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -140,38 +140,32 @@ fn ours_as(t: &HostTensor, shape: &[usize], in_out: bool) -> Vec<f32> {
     d
 }
 
-/// Largest relative L2 error of a gradient tensor.
-const REL_L2: f64 = 0.1;
-/// The same for the two cases whose fp16 error is amplified: batch statistics (training-mode BN
-/// subtracts batch means, cancelling most of each gradient) and the injection (the IDN runs on
-/// kernels predicted in fp16 by a 20-layer network, where the reference's are float64). Still far
-/// below what a wrong adjoint gives (a transposed Linear gradient measured 2.3 here).
-/// (Open: the mask branch's gradients are the worst there, up to 22% relative L2.)
-const LOOSE: (f64, f64) = (0.3, 0.5);
-/// Largest single-element error, as a fraction of the tensor's largest magnitude.
-const MAX_FRAC: f64 = 0.4;
+/// Multiple of the golden's fp16-storage error model a gradient may deviate by.
+const FP16_MODEL: f64 = 4.0;
+/// Plus this fraction of the gradient's largest magnitude (order and f32 accumulation).
+const SCALE_FRAC: f64 = 0.02;
 
-/// Compares every gradient; returns the worst ratio of error to allowed error.
-fn compare(case: &str, golden: &Weights, ours: &Weights, (rel_l2, max_frac): (f64, f64)) -> f64 {
+/// Tensors with a known, open deviation beyond the fp16 model: ArcFace's PReLU slope gradients
+/// come out 1.5–3% low in magnitude (up to 6.35× the model). They are held to a 10% relative L2
+/// bound here, and to the strict bound by the ignored test `arcface_prelu_slopes_strict`.
+fn known_open(case: &str, name: &str) -> bool {
+    case == "arcface" && name.ends_with("prelu._weight")
+}
+
+/// Compares every gradient of a case; `strict_open` also holds the known-open tensors to the
+/// fp16-model bound. Returns the worst ratio of error to allowed error.
+fn compare(case: &str, golden: &Weights, ours: &Weights, strict_open: bool) -> f64 {
     let mut names = list(golden, "inputs");
     names.extend(list(golden, "parameters"));
-    let mut worst = (0.0f64, String::new());
     let linear = list(golden, "linear_weights");
-    let typical = names
-        .iter()
-        .map(|n| {
-            meta(golden, &format!("grad_rms.{n}"))
-                .parse::<f64>()
-                .unwrap()
-        })
-        .fold(0.0, f64::max);
+    let num = |key: String| -> f64 { meta(golden, &key).parse().unwrap() };
+    let mut worst = (0.0f64, String::new());
     let mut failures = Vec::new();
     for name in &names {
         let shape: Vec<usize> =
             serde_json::from_str(meta(golden, &format!("grad_shape.{name}"))).unwrap();
-        let max_abs: f64 = meta(golden, &format!("grad_max_abs.{name}"))
-            .parse()
-            .unwrap();
+        let max_abs = num(format!("grad_max_abs.{name}"));
+        let fp16_err = num(format!("grad_fp16_err.{name}"));
         let t = ours
             .tensors()
             .get(name)
@@ -183,56 +177,50 @@ fn compare(case: &str, golden: &Weights, ours: &Weights, (rel_l2, max_frac): (f6
                 .map(String::as_str)
                 == Some("in_out");
         let mine = ours_as(t, &shape, in_out);
+        let bound = FP16_MODEL * fp16_err + SCALE_FRAC * max_abs;
         let (reference, picked): (Vec<f32>, Vec<f32>) =
             if let Some(full) = golden.tensors().get(&format!("grad.{name}")) {
                 (full.data.clone(), mine.clone())
             } else {
                 let sample = &golden.tensors()[&format!("grad_sample.{name}")];
-                let stride: usize = meta(golden, &format!("grad_stride.{name}"))
-                    .parse()
-                    .unwrap();
+                let stride: usize = num(format!("grad_stride.{name}")) as usize;
                 let picked = (0..sample.data.len()).map(|k| mine[k * stride]).collect();
+                // The unsampled elements, through the norm: if every element is within `bound`,
+                // the norm is within `bound·√numel`.
                 let norm = golden.tensors()[&format!("grad_norm.{name}")].data[0] as f64;
                 let my_norm = mine.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
-                if (my_norm - norm).abs() > rel_l2 * norm + 1e-6 {
-                    failures.push(format!("{name}: norm {my_norm} vs {norm}"));
+                let allowed = bound * (mine.len() as f64).sqrt();
+                if (my_norm - norm).abs() > allowed {
+                    failures.push(format!("{name}: norm {my_norm:.4e} vs {norm:.4e}"));
                 }
                 (sample.data.clone(), picked)
             };
-        let diff2: f64 = reference
-            .iter()
-            .zip(&picked)
-            .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
-            .sum();
-        let ref2: f64 = reference.iter().map(|a| (*a as f64).powi(2)).sum();
-        let rms_scale: f64 = meta(golden, &format!("grad_rms.{name}")).parse().unwrap();
-        let rel = (diff2 / ref2.max(1e-30)).sqrt();
         let err = reference
             .iter()
             .zip(&picked)
             .map(|(a, b)| (*a as f64 - *b as f64).abs())
             .fold(0.0, f64::max);
-        // A gradient that is zero in exact arithmetic (a bias before a training-mode batch norm)
-        // comes out as rounding noise: judge it against the model's typical gradient instead.
-        let floor = 1e-3 * typical;
-        let ratio = if rms_scale < floor {
-            (diff2 / reference.len() as f64).sqrt() / floor
+        let ratio = if known_open(case, name) && !strict_open {
+            let d2: f64 = reference
+                .iter()
+                .zip(&picked)
+                .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
+                .sum();
+            let r2: f64 = reference.iter().map(|a| (*a as f64).powi(2)).sum();
+            (d2 / r2.max(1e-30)).sqrt() / 0.1
         } else {
-            (rel / rel_l2).max(err / (max_frac * max_abs))
+            err / bound
         };
         if ratio > worst.0 {
             worst = (ratio, name.clone());
         }
         if ratio > 1.0 {
             failures.push(format!(
-                "{name}: relative L2 error {rel:.3e}, max err {err:.3e} (scale {max_abs:.3e}, rms {rms_scale:.3e})"
+                "{name}: max err {err:.3e} > {bound:.3e} (fp16 model {fp16_err:.3e}, scale {max_abs:.3e})"
             ));
         }
     }
-    eprintln!(
-        "{case}: worst error/tolerance {:.3} at {}",
-        worst.0, worst.1
-    );
+    eprintln!("{case}: worst error/bound {:.3} at {}", worst.0, worst.1);
     assert!(
         failures.is_empty(),
         "{case}: {} gradients off:\n{}",
@@ -246,38 +234,38 @@ fn compare(case: &str, golden: &Weights, ours: &Weights, (rel_l2, max_frac): (f6
 fn idn_gradients_match_pytorch_on_both_storage_paths() {
     for storage in ["f16", "packed"] {
         let (golden, ours) = run_case("idn", storage);
-        compare(
-            &format!("idn ({storage})"),
-            &golden,
-            &ours,
-            (REL_L2, MAX_FRAC),
-        );
+        compare(&format!("idn ({storage})"), &golden, &ours, false);
     }
 }
 
 #[test]
 fn idn_training_mode_gradients_match_pytorch() {
     let (golden, ours) = run_case("idn_train", "f16");
-    compare("idn_train", &golden, &ours, LOOSE);
+    compare("idn_train", &golden, &ours, false);
 }
 
 #[test]
 fn injection_and_idn_gradients_match_pytorch() {
     let (golden, ours) = run_case("mobilefaceswap", "f16");
-    compare("mobilefaceswap", &golden, &ours, LOOSE);
+    compare("mobilefaceswap", &golden, &ours, false);
 }
 
 #[test]
 fn arcface_gradients_match_pytorch() {
     let (golden, ours) = run_case("arcface", "f16");
-    compare("arcface", &golden, &ours, (REL_L2, MAX_FRAC));
+    compare("arcface", &golden, &ours, false);
+}
+
+#[test]
+#[ignore = "open: ArcFace's PReLU slope gradients are 1.5–3% low (issue 5 closing note)"]
+fn arcface_prelu_slopes_strict() {
+    let (golden, ours) = run_case("arcface", "f16");
+    compare("arcface", &golden, &ours, true);
 }
 
 #[test]
 fn bad_seeds_are_clear_errors() {
-    let golden = fixture("idn");
     let dir = data_dir();
-    let _ = golden;
     let out = Command::new(env!("CARGO_BIN_EXE_fswap"))
         .args(["grad", "--model", "idn", "--weights"])
         .arg(dir.join("idn.safetensors"))

@@ -129,28 +129,17 @@ impl Node for ConvNode {
     }
 }
 
-/// A convolution whose weights are a value of the graph (predicted kernels), shared by the batch
-/// (`[1, ...]`) or per sample (depthwise only).
+/// A convolution whose weights are a value of the graph: predicted depthwise kernels
+/// (`[n, C, k, k]`) or modulated pointwise kernels (`[n, cin, 1, cout]`, read through `transpose`
+/// as PyTorch `[n·cout, cin]`). With per-sample weights (`n` > 1) the batch is folded into groups:
+/// `[N, C, H, W]` viewed as `[1, N·C, H, W]`, so `spec` is the folded geometry.
 struct DynamicConvNode {
     x: Var,
     w: Var,
     y: Var,
     act: Activation,
     spec: ConvSpec,
-}
-
-impl DynamicConvNode {
-    /// The geometry over the batch folded into channels when the weights are per sample.
-    fn folded(&self, n: usize) -> ConvSpec {
-        if n == 1 {
-            return self.spec;
-        }
-        let mut s = self.spec;
-        s.cin *= n;
-        s.cout *= n;
-        s.groups *= n;
-        s
-    }
+    transpose: Option<Transpose>,
 }
 
 /// `[N, C, H, W]` viewed as `[1, N·C, H, W]` (identical layout).
@@ -166,19 +155,20 @@ impl Node for DynamicConvNode {
     fn backward(&self, b: &mut Backward<'_>, dy: &Tensor) -> Result<()> {
         let dz = through_activation(b, &self.act, self.y, dy)?;
         let wt = b.tensor(self.w).clone();
-        let n = wt.shape().n;
-        let spec = self.folded(n);
+        let per_sample = wt.shape().n > 1;
+        let spec = self.spec;
+        // The kernels as f32 in PyTorch order, for dX.
         let w32 = b.scratch_f32("dynamic weights f32", spec.weight_len())?;
-        let d = cast::to_f32(b.ctx, &wt, &w32, 0, None)?;
+        let d = cast::to_f32(b.ctx, &wt, &w32, 0, self.transpose)?;
         b.push(d);
         let grad = ConvGrad::with_weight_buffer(spec, w32)?;
-        let (x, dzf) = if n == 1 {
-            (b.tensor(self.x).clone(), dz.clone())
-        } else {
+        let (x, dzf) = if per_sample {
             (fold(b.tensor(self.x))?, fold(&dz)?)
+        } else {
+            (b.tensor(self.x).clone(), dz.clone())
         };
         if let Some(dx) = b.grad_for(self.x)? {
-            let dxf = if n == 1 { dx } else { fold(&dx)? };
+            let dxf = if per_sample { fold(&dx)? } else { dx };
             let d = grad.bind_input(b.ctx, &dzf, &dxf)?;
             b.push(d);
         }
@@ -187,57 +177,7 @@ impl Node for DynamicConvNode {
             let db = b.scratch_f32("dynamic dBias (unused)", spec.cout)?;
             let wg = grad.bind_weight_into(b.ctx, &x, &dzf, dw.clone(), db)?;
             b.extend(wg.dispatches);
-            let d = cast::to_half(b.ctx, &dw, 0, &dwt, None)?;
-            b.push(d);
-        }
-        Ok(())
-    }
-}
-
-/// A pointwise convolution whose weights `[n, cin, 1, cout]` are a value (modulated kernels).
-struct DynamicPointwiseNode {
-    x: Var,
-    w: Var,
-    y: Var,
-    act: Activation,
-}
-
-impl Node for DynamicPointwiseNode {
-    fn output(&self) -> Var {
-        self.y
-    }
-    fn backward(&self, b: &mut Backward<'_>, dy: &Tensor) -> Result<()> {
-        let dz = through_activation(b, &self.act, self.y, dy)?;
-        let wt = b.tensor(self.w).clone();
-        let ws = wt.shape();
-        let (n, cin, cout) = (ws.n, ws.c, ws.w);
-        let spec = ConvSpec::new(n * cin, n * cout, 1, 1, 0).groups(n);
-        let t = Transpose {
-            batch: n,
-            rows: cout,
-            cols: cin,
-        };
-        // [n, cin, 1, cout] → PyTorch [n·cout, cin].
-        let w32 = b.scratch_f32("pointwise weights f32", spec.weight_len())?;
-        let d = cast::to_f32(b.ctx, &wt, &w32, 0, Some(t))?;
-        b.push(d);
-        let grad = ConvGrad::with_weight_buffer(spec, w32)?;
-        let (x, dzf) = if n == 1 {
-            (b.tensor(self.x).clone(), dz.clone())
-        } else {
-            (fold(b.tensor(self.x))?, fold(&dz)?)
-        };
-        if let Some(dx) = b.grad_for(self.x)? {
-            let dxf = if n == 1 { dx } else { fold(&dx)? };
-            let d = grad.bind_input(b.ctx, &dzf, &dxf)?;
-            b.push(d);
-        }
-        if let Some(dwt) = b.grad_for(self.w)? {
-            let dw = b.scratch_f32("pointwise dW", spec.weight_len())?;
-            let db = b.scratch_f32("pointwise dBias (unused)", spec.cout)?;
-            let wg = grad.bind_weight_into(b.ctx, &x, &dzf, dw.clone(), db)?;
-            b.extend(wg.dispatches);
-            let d = cast::to_half(b.ctx, &dw, 0, &dwt, Some(t))?;
+            let d = cast::to_half(b.ctx, &dw, 0, &dwt, self.transpose)?;
             b.push(d);
         }
         Ok(())
@@ -388,7 +328,20 @@ impl<'c> Graph<'c> {
         let conv = Conv2d::with_weights(self.ctx, spec, self.tensor(w).clone(), &epi)?;
         let mut fwd = Plan::default();
         fwd.push(conv.bind(self.ctx, self.tensor(x), self.tensor(y), None)?);
-        self.push_node(Box::new(DynamicConvNode { x, w, y, act, spec }), fwd);
+        // Per-sample depthwise kernels: the batch folded into groups (see DynamicConvNode).
+        let mut folded = spec;
+        folded.cin *= n;
+        folded.cout *= n;
+        folded.groups *= n;
+        let node = DynamicConvNode {
+            x,
+            w,
+            y,
+            act,
+            spec: folded,
+            transpose: None,
+        };
+        self.push_node(Box::new(node), fwd);
         Ok(y)
     }
 
@@ -400,7 +353,21 @@ impl<'c> Graph<'c> {
         let y = self.output(out, "dynamic pointwise", &[x, w], &[])?;
         let mut fwd = Plan::default();
         fwd.push(pw.bind(self.ctx, self.tensor(x), self.tensor(y), None)?);
-        self.push_node(Box::new(DynamicPointwiseNode { x, w, y, act }), fwd);
+        let ws = self.shape(w);
+        let (n, cin, cout) = (ws.n, ws.c, ws.w);
+        let node = DynamicConvNode {
+            x,
+            w,
+            y,
+            act,
+            spec: ConvSpec::new(n * cin, n * cout, 1, 1, 0).groups(n),
+            transpose: Some(Transpose {
+                batch: n,
+                rows: cout,
+                cols: cin,
+            }),
+        };
+        self.push_node(Box::new(node), fwd);
         Ok(y)
     }
 
@@ -423,7 +390,23 @@ impl<'c> Graph<'c> {
 
     /// Channel concatenation of `parts` (same N, H, W).
     pub fn concat(&mut self, parts: &[Var]) -> Result<Var> {
-        let first = self.shape(parts[0]);
+        let Some(&head) = parts.first() else {
+            return Err(Error::param("graph concat", "no values to concatenate"));
+        };
+        let first = self.shape(head);
+        if let Some(&bad) = parts.iter().find(|&&v| {
+            let s = self.shape(v);
+            (s.n, s.h, s.w) != (first.n, first.h, first.w)
+        }) {
+            return Err(Error::shape(
+                "graph concat",
+                format!(
+                    "{:?} does not match {:?} outside the channel axis",
+                    self.shape(bad).dims(),
+                    first.dims()
+                ),
+            ));
+        }
         let c: usize = parts.iter().map(|&v| self.shape(v).c).sum();
         let y = self.output(
             Shape::new(first.n, c, first.h, first.w),

@@ -1,7 +1,7 @@
 //! Layers by official tensor name: the training-graph counterpart of
 //! [`crate::models::builder::Builder`], so a model's training graph reads like its inference plan.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use super::{BnSpec, Graph, ParamKind, Var};
 use crate::error::Result;
@@ -173,9 +173,4 @@ pub fn export(g: &Graph<'_>, w: &Weights, grads: bool) -> Result<BTreeMap<String
         out.insert(p.name.clone(), t);
     }
     Ok(out)
-}
-
-/// Metadata for files written from a graph: the source file's, with the layout it was written in.
-pub fn export_metadata(w: &Weights) -> HashMap<String, String> {
-    w.metadata().clone()
 }

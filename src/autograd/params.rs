@@ -48,21 +48,7 @@ impl Param {
         kind: ParamKind,
     ) -> Result<Self> {
         let len: usize = shape.iter().product();
-        if data.len() != len {
-            return Err(Error::shape(
-                "parameter",
-                format!(
-                    "'{name}' {shape:?} needs {len} values, found {}",
-                    data.len()
-                ),
-            ));
-        }
-        if let Some(i) = data.iter().position(|v| !v.is_finite()) {
-            return Err(Error::Data {
-                what: format!("parameter '{name}'"),
-                detail: format!("element {i} is {}: not finite", data[i]),
-            });
-        }
+        check_values(name, shape, len, data)?;
         let value = f32_storage(ctx, name, len)?;
         ctx.queue
             .write_buffer(&value, 0, bytemuck::cast_slice(data));
@@ -91,26 +77,29 @@ impl Param {
 
     /// Overwrites the value (resume from a checkpoint); the graph's sync plan must run after.
     pub fn write(&self, ctx: &Context, data: &[f32]) -> Result<()> {
-        if data.len() != self.len {
-            return Err(Error::shape(
-                "parameter",
-                format!(
-                    "'{}' {:?} needs {} values, found {}",
-                    self.name,
-                    self.shape,
-                    self.len,
-                    data.len()
-                ),
-            ));
-        }
-        if let Some(i) = data.iter().position(|v| !v.is_finite()) {
-            return Err(Error::Data {
-                what: format!("parameter '{}'", self.name),
-                detail: format!("element {i} is {}: not finite", data[i]),
-            });
-        }
+        check_values(&self.name, &self.shape, self.len, data)?;
         ctx.queue
             .write_buffer(&self.value, 0, bytemuck::cast_slice(data));
         Ok(())
     }
+}
+
+/// `data` has `len` values (the product of `shape`), all finite.
+fn check_values(name: &str, shape: &[usize], len: usize, data: &[f32]) -> Result<()> {
+    if data.len() != len {
+        return Err(Error::shape(
+            "parameter",
+            format!(
+                "'{name}' {shape:?} needs {len} values, found {}",
+                data.len()
+            ),
+        ));
+    }
+    if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+        return Err(Error::Data {
+            what: format!("parameter '{name}'"),
+            detail: format!("element {i} is {}: not finite", data[i]),
+        });
+    }
+    Ok(())
 }

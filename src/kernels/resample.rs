@@ -20,9 +20,11 @@ pub enum Resample {
     PixelShuffle(usize),
 }
 
+/// The uniform of `shaders/resample.wgsl`, shared with its backward (`resample_grad.wgsl`), which
+/// must reproduce the forward's f32 coordinates bit for bit.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
+pub(crate) struct Params {
     n: u32,
     c: u32,
     h: u32,
@@ -59,12 +61,9 @@ impl Resample {
         }
     }
 
-    /// Binds input and output; interpolation takes its target size from `y`.
-    pub fn bind(self, ctx: &Context, x: &Tensor, y: &Tensor) -> Result<Dispatch> {
-        let xs = x.shape();
-        let ys = y.shape();
-        let want = self.output_shape(xs, (ys.h, ys.w))?;
-        expect_shape("resample", "output", y, want)?;
+    /// The uniform for input `xs` and output `ys`: sizes, and the per-axis scale of the source
+    /// coordinate in f32 (`(i − 1)/(o − 1)` with align_corners, `i/o` otherwise).
+    pub(crate) fn params(self, xs: Shape, ys: Shape) -> Params {
         let axis = |i: usize, o: usize| -> f32 {
             match self {
                 Resample::Bilinear {
@@ -79,12 +78,12 @@ impl Resample {
                 _ => i as f32 / o as f32,
             }
         };
-        let (entry, r) = match self {
-            Resample::Bilinear { .. } => ("bilinear", 1),
-            Resample::Nearest => ("nearest", 1),
-            Resample::PixelShuffle(r) => ("pixel_shuffle", r),
+        let (r, mode) = match self {
+            Resample::Bilinear { .. } => (1, 0),
+            Resample::Nearest => (1, 1),
+            Resample::PixelShuffle(r) => (r, 2),
         };
-        let params = Params {
+        Params {
             n: ys.n as u32,
             c: ys.c as u32,
             h: xs.h as u32,
@@ -100,13 +99,23 @@ impl Resample {
             r: r as u32,
             sy: axis(xs.h, ys.h),
             sx: axis(xs.w, ys.w),
-            mode: match self {
-                Resample::Bilinear { .. } => 0,
-                Resample::Nearest => 1,
-                Resample::PixelShuffle(_) => 2,
-            },
+            mode,
             _pad: 0,
+        }
+    }
+
+    /// Binds input and output; interpolation takes its target size from `y`.
+    pub fn bind(self, ctx: &Context, x: &Tensor, y: &Tensor) -> Result<Dispatch> {
+        let xs = x.shape();
+        let ys = y.shape();
+        let want = self.output_shape(xs, (ys.h, ys.w))?;
+        expect_shape("resample", "output", y, want)?;
+        let entry = match self {
+            Resample::Bilinear { .. } => "bilinear",
+            Resample::Nearest => "nearest",
+            Resample::PixelShuffle(_) => "pixel_shuffle",
         };
+        let params = self.params(xs, ys);
         let flops = if entry == "bilinear" {
             6 * ys.numel() as u64
         } else {

@@ -17,40 +17,6 @@ use crate::error::Result;
 use crate::gpu::{grid, Binding, Context, Dispatch, DispatchStats, WORKGROUP};
 use crate::tensor::Tensor;
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    n: u32,
-    c: u32,
-    h: u32,
-    w: u32,
-    ho: u32,
-    wo: u32,
-    align: u32,
-    r: u32,
-    sy: f32,
-    sx: f32,
-    mode: u32,
-    _pad: u32,
-}
-
-/// The forward's scale along one axis from `i` input to `o` output samples, computed exactly as
-/// [`Resample::bind`] does (the backward must reproduce its f32 coordinates bit for bit).
-fn scale(mode: Resample, i: usize, o: usize) -> f32 {
-    match mode {
-        Resample::Bilinear {
-            align_corners: true,
-        } => {
-            if o > 1 {
-                (i - 1) as f32 / (o - 1) as f32
-            } else {
-                0.0
-            }
-        }
-        _ => i as f32 / o as f32,
-    }
-}
-
 /// Binds dY (the forward output's shape) and dX (the forward input's shape) into the backward of
 /// `mode`: dX = ∂L/∂X given dY = ∂L/∂Y for `Y = mode(X)`. Interpolation takes both sizes from the
 /// tensors; a pixel shuffle by `r` needs dX `[N, C·r², H, W]` for dY `[N, C, H·r, W·r]`. dX is
@@ -60,30 +26,13 @@ pub fn bind(ctx: &Context, mode: Resample, dy: &Tensor, dx: &Tensor) -> Result<D
     let ys = dy.shape();
     let want = mode.output_shape(xs, (ys.h, ys.w))?;
     expect_shape("resample_grad", "dY", dy, want)?;
-    let (entry, r, mode_code) = match mode {
-        Resample::Bilinear { .. } => ("bilinear_grad", 1, 0),
-        Resample::Nearest => ("nearest_grad", 1, 1),
-        Resample::PixelShuffle(r) => ("shuffle_grad", r, 2),
+    let entry = match mode {
+        Resample::Bilinear { .. } => "bilinear_grad",
+        Resample::Nearest => "nearest_grad",
+        Resample::PixelShuffle(_) => "shuffle_grad",
     };
-    let params = Params {
-        n: ys.n as u32,
-        c: ys.c as u32,
-        h: xs.h as u32,
-        w: xs.w as u32,
-        ho: ys.h as u32,
-        wo: ys.w as u32,
-        align: matches!(
-            mode,
-            Resample::Bilinear {
-                align_corners: true
-            }
-        ) as u32,
-        r: r as u32,
-        sy: scale(mode, xs.h, ys.h),
-        sx: scale(mode, xs.w, ys.w),
-        mode: mode_code,
-        _pad: 0,
-    };
+    // The forward's own uniform: the same f32 scales, so the same sample coordinates.
+    let params = mode.params(xs, ys);
     // Bilinear: every output sample sends weight products to up to four inputs (a multiply by each
     // axis weight and an add); nearest: one add per output sample; the shuffle only moves data.
     let flops = match mode {

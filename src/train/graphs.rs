@@ -3,7 +3,7 @@
 //! every layer has its backward.
 
 use crate::autograd::net::Net;
-use crate::autograd::{Graph, Var};
+use crate::autograd::Var;
 use crate::error::{Error, Result};
 use crate::kernels::conv::ConvSpec;
 use crate::kernels::modulate::ModulateSpec;
@@ -342,9 +342,4 @@ fn ir_block(net: &mut Net, x: Var, p: &str, c: usize, stride: usize) -> Result<V
 /// `[N, 3, 224, 224]` input shape of the IDN.
 pub fn idn_input(n: usize) -> Shape {
     Shape::new(n, 3, SIZE, SIZE)
-}
-
-/// A fresh graph-building context over `w`.
-pub fn graph_for<'c>(ctx: &'c crate::gpu::Context) -> Graph<'c> {
-    Graph::new(ctx)
 }

@@ -1,8 +1,10 @@
 //! Per-dispatch GPU profile of a model on seeded random weights:
-//! `cargo run --release --example profile -- [idn|injection|arcface] [batch]`.
+//! `cargo run --release --example profile -- [idn|injection|arcface|train|train-id] [batch]`
+//! (`train`: one MobileFaceSwap distillation step at 224; `train-id` with the identity loss).
 //! Prints each kernel's time (timestamp queries), FLOPs and bytes, sorted by time.
 
 use fswap::models::bench::build;
+use fswap::train::bench::{distill_session, profile_step, DistillBench};
 use fswap::{Context, ContextOptions};
 
 fn main() -> fswap::Result<()> {
@@ -11,8 +13,46 @@ fn main() -> fswap::Result<()> {
     let batch: usize = args.get(1).and_then(|b| b.parse().ok()).unwrap_or(1);
     let ctx = Context::new(&ContextOptions::from_env()?)?;
     println!("{} — {model}, batch {batch}", ctx.describe());
-    let bench = build(&ctx, model, batch, None)?;
-    let prof = ctx.profile(&bench.plan.refs(), 2, 5)?;
+    let prof = if let Some(rest) = model.strip_prefix("train") {
+        let b = DistillBench {
+            batch,
+            identity_loss: rest == "-id",
+        };
+        let mut session = distill_session(&ctx, b, None)?;
+        profile_step(&ctx, &mut session, 2)?
+    } else if let Some(ae) = model.strip_prefix("ae-") {
+        // faceswap's autoencoder: forward and backward of encoder + both decoders at 64.
+        let arch = fswap::models::faceswap_ae::Arch::from_name(ae)?;
+        let file = fswap::train::autoencoder::init_file(arch, 64, false, 0, false)?;
+        let w = fswap::weights::Weights::from_tensors("init", file, Default::default());
+        let face =
+            fswap::weights::HostTensor::new(vec![batch, 3, 64, 64], vec![0.5; batch * 3 * 64 * 64]);
+        let inputs = std::collections::BTreeMap::from([("face".to_string(), face)]);
+        let mut g = fswap::autograd::Graph::new(&ctx);
+        let (_, outs) = fswap::train::autoencoder::grad_graph(&mut g, ae, &w, &inputs)?;
+        let seeds = outs
+            .iter()
+            .map(|(_, v, _)| {
+                Ok((
+                    *v,
+                    fswap::Tensor::from_f32(
+                        &ctx,
+                        g.shape(*v),
+                        &vec![0.01; g.shape(*v).numel()],
+                        "seed",
+                    )?,
+                ))
+            })
+            .collect::<fswap::Result<Vec<_>>>()?;
+        let grads = g.backward(&seeds)?;
+        g.sync().run(&ctx)?;
+        let mut all = g.forward().refs();
+        all.extend(grads.plan.refs());
+        ctx.profile(&all, 1, 2)?
+    } else {
+        let bench = build(&ctx, model, batch, None)?;
+        ctx.profile(&bench.plan.refs(), 2, 5)?
+    };
     let mut rows = prof.entries.clone();
     rows.sort_by(|a, b| b.micros.total_cmp(&a.micros));
     println!(

@@ -456,6 +456,50 @@ fn grad_weight4(@builtin(workgroup_id) wid3: vec3<u32>, @builtin(num_workgroups)
 }
 
 // ---------------------------------------------------------------------------------------------
+// dW, pass 1, for small outputs (the injection network's 4×4 and 7×7 maps: a few dY quads in all):
+// one invocation per (output channel, weight) walks every position in order, so no lane idles and
+// no workgroup reduction is needed. One chunk: partials are [cout, K + 1].
+
+@compute @workgroup_size(64)
+fn grad_weight_small(@builtin(global_invocation_id) gid: vec3<u32>,
+                     @builtin(num_workgroups) nwg: vec3<u32>) {
+    let idx = flat_id(gid, nwg);
+    if (idx >= p.cout * p.kp) { return; }
+    let o = idx / p.kp;
+    let k = idx % p.kp;
+    let g = o / p.cout_g;
+    let K = p.kp - 1u;
+    let ksz = p.kh * p.kw;
+    let i = k / ksz;
+    let ky = (k % ksz) / p.kw;
+    let kx = k % p.kw;
+    let oplane = p.ho * p.wo;
+    let qpr = (oplane + 3u) / 4u;
+    let ys = (oplane + 3u) & ~3u;
+    let xs = (p.h * p.w + 3u) & ~3u;
+    let reflect = p.reflect != 0u;
+    var acc = 0.0;
+    for (var fq = 0u; fq < qpr * p.n; fq++) {
+        let n = fq / qpr;
+        let q = fq % qpr;
+        let pos = vec4<u32>(4u * q) + vec4<u32>(0u, 1u, 2u, 3u);
+        let live = pos < vec4<u32>(oplane);
+        let gy = select(vec4<f32>(0.0), dy_ld4((n * p.cout + o) * ys / 4u + q), live);
+        if (k == K) {
+            acc += dot(gy, vec4<f32>(1.0));
+            continue;
+        }
+        let oy = pos / vec4<u32>(p.wo);
+        let ox = pos - oy * vec4<u32>(p.wo);
+        let by = vec4<i32>(oy * p.sy) - vec4<i32>(i32(p.py));
+        let bx = vec4<i32>(ox * p.sx) - vec4<i32>(i32(p.px));
+        let xb = (n * p.cin + g * p.cin_g + i) * xs;
+        acc += dot(gy, gather_x(xb, by, bx, ky, kx, live, reflect));
+    }
+    part[o * p.kp + k] = acc;
+}
+
+// ---------------------------------------------------------------------------------------------
 // dW, pass 1, row-quad path for one output channel whose K + 1 ≤ KT sums fit one tile (depthwise
 // k ≤ 3): zero padding, x stride and dilation 1, W and Wo multiples of 4. The 4 dY positions of a
 // quad are consecutive in one row, so per (input channel, kernel row) the x values all kx taps

@@ -19,6 +19,10 @@ pub const MODELS: &[(&str, &[&str])] = &[
     ),
     ("idn", &["target"]),
     ("mobilefacenet128", &["face"]),
+    ("mobilefsgan", &["target", "id_embedding"]),
+    ("mobilefacenet", &["face"]),
+    ("lightweight", &["face"]),
+    ("original", &["face"]),
 ];
 
 /// Named host tensors.
@@ -169,6 +173,29 @@ pub fn eval(ctx: &Context, model: &str, weights: &Weights, inputs: &Tensors) -> 
             out.insert(
                 "id_embedding".into(),
                 crate::models::mobilefacenet::eval(ctx, weights, face)?,
+            );
+        }
+        "lightweight" | "original" => {
+            // faceswap's per-pair autoencoders: S from the weights, RGB in [0, 1]
+            let face = input(model, inputs, "face", &[None, Some(3), None, None])?;
+            let arch = crate::models::faceswap_ae::Arch::from_name(model)?;
+            out.extend(crate::models::faceswap_ae::eval(ctx, arch, weights, face)?);
+        }
+        "mobilefsgan" => {
+            let target = input(model, inputs, "target", &[None, Some(3), None, None])?;
+            let emb = input(model, inputs, "id_embedding", &[None, Some(512)])?;
+            out.extend(crate::models::mobilefsgan::eval(ctx, weights, target, emb)?);
+        }
+        "mobilefacenet" => {
+            let face = input(
+                model,
+                inputs,
+                "face",
+                &[None, Some(3), Some(112), Some(112)],
+            )?;
+            out.insert(
+                "id_embedding".into(),
+                crate::models::mobilefacenet512::eval(ctx, weights, face)?,
             );
         }
         _ => unreachable!("checked against MODELS"),

@@ -101,6 +101,29 @@ fn models() -> &'static Path {
             ]);
             std::fs::remove_file(&pd).unwrap();
         }
+        // MobileFSGAN: seeded random PyTorch checkpoints (the generator's keys carry the
+        // `module.` prefix of the official DDP checkpoints; export removes it).
+        for (model, seed) in [("mobilefsgan", "4"), ("mobilefacenet", "5")] {
+            let pth = out(&format!("{model}.pth"));
+            python(&[
+                "tools/random_checkpoint.py",
+                "--model",
+                model,
+                "--seed",
+                seed,
+                &pth,
+            ]);
+            python(&[
+                "tools/export.py",
+                &pth,
+                &out(&format!("{model}.safetensors")),
+                "--model",
+                model,
+                "--check",
+                "-q",
+            ]);
+            std::fs::remove_file(&pth).unwrap();
+        }
         dir
     })
 }
@@ -319,6 +342,96 @@ fn swap_images_and_folder_with_report() {
 }
 
 #[test]
+fn swap_mobilefsgan_changes_only_the_face() {
+    // The whole pipeline with MobileFSGAN (seeded random weights: the face it paints is not a
+    // face): source identity through MobileFaceNet-512, the target face aligned to the 256
+    // template, the generator, and the soft face ellipse pasted back. The output must have the
+    // input's size, differ inside the ellipse, and equal the input exactly everywhere else.
+    use fswap::face::align::{apply, lstsq_affine};
+    use fswap::face::pipeline::{fsgan_template, FSGAN_MASK};
+    let target = data("photos/test2.jpg");
+    let out = tmp("fsgan.png");
+    ok(
+        &fswap(&[
+            "swap",
+            "-s",
+            data("photos/JianzhuGuo.jpg").to_str().unwrap(),
+            "-t",
+            target.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--models",
+            models().to_str().unwrap(),
+            "--model",
+            "mobilefsgan",
+        ]),
+        "swap --model mobilefsgan",
+    );
+    let detected: serde_json::Value = serde_json::from_str(&ok(
+        &fswap(&[
+            "detect",
+            target.to_str().unwrap(),
+            "--models",
+            models().to_str().unwrap(),
+            "--json",
+        ]),
+        "detect",
+    ))
+    .unwrap();
+    let faces = detected["faces"].as_array().unwrap();
+    assert_eq!(faces.len(), 1);
+    let pts: Vec<[f64; 2]> = faces[0]["landmarks5"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| [p[0].as_f64().unwrap(), p[1].as_f64().unwrap()])
+        .collect();
+    let m = lstsq_affine(&pts, &fsgan_template()).unwrap(); // frame -> 256 crop
+    let (a, b) = (
+        image::open(&out).unwrap().to_rgb8(),
+        image::open(&target).unwrap().to_rgb8(),
+    );
+    assert_eq!(a.dimensions(), b.dimensions());
+    let ((cx, cy), (ax, ay), inner) = FSGAN_MASK;
+    let (mut inside, mut inside_diff, mut outside) = (0usize, 0f64, 0usize);
+    for y in 0..a.height() {
+        for x in 0..a.width() {
+            let [u, v] = apply(&m, [x as f64, y as f64]);
+            let r = (((u - cx) / ax).powi(2) + ((v - cy) / ay).powi(2)).sqrt();
+            let d = a
+                .get_pixel(x, y)
+                .0
+                .iter()
+                .zip(b.get_pixel(x, y).0)
+                .map(|(p, q)| (*p as i32 - q as i32).abs())
+                .max()
+                .unwrap();
+            // One crop pixel of bilinear support beyond the ellipse (≈ 0.015 of its radius).
+            if r > 1.03 {
+                assert_eq!(
+                    d, 0,
+                    "pixel ({x}, {y}) outside the face ellipse (r = {r:.3}) changed"
+                );
+                outside += 1;
+            } else if r < inner {
+                inside += 1;
+                inside_diff += d as f64;
+            }
+        }
+    }
+    assert!(
+        inside > 500 && outside > 100_000,
+        "{inside} inside, {outside} outside"
+    );
+    let mean = inside_diff / inside as f64;
+    assert!(
+        mean > 10.0,
+        "mean change {mean:.1} inside the face: the swap did nothing"
+    );
+    let _ = std::fs::remove_file(&out);
+}
+
+#[test]
 fn swap_video_keeps_frames_and_audio() {
     let out = tmp("obama.mp4");
     let o = fswap(&[
@@ -429,6 +542,23 @@ fn bad_inputs_are_clear_errors() {
         e.contains("faceboxes.safetensors") && e.contains("missing model file"),
         "{e}"
     );
+    // An unknown swap network is named.
+    let o = fswap(&[
+        "swap",
+        "-s",
+        data("photos/test2.jpg").to_str().unwrap(),
+        "-t",
+        gray.to_str().unwrap(),
+        "-o",
+        tmp("y.png").to_str().unwrap(),
+        "--models",
+        models().to_str().unwrap(),
+        "--model",
+        "simswap",
+    ]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(e.contains("'simswap'") && e.contains("mobilefsgan"), "{e}");
     for p in [gray, out, empty] {
         let _ = std::fs::remove_file(&p);
         let _ = std::fs::remove_dir_all(&p);

@@ -152,15 +152,24 @@ fn assert_within(got: &[f32], want: &[f64], bound: &[f64], what: &str) -> f64 {
     worst.1
 }
 
+#[derive(Clone, Copy)]
 struct Case {
     spec: ConvSpec,
     n: usize,
     h: usize,
     w: usize,
+    /// dW's small-output path limit (`ConvGrad::small_weight_limit`; 0 forces the tiled path).
+    small: Option<usize>,
 }
 
 fn case(spec: ConvSpec, n: usize, h: usize, w: usize) -> Case {
-    Case { spec, n, h, w }
+    Case {
+        spec,
+        n,
+        h,
+        w,
+        small: None,
+    }
 }
 
 /// Runs dX, dW and dBias for one case on every context; returns the worst error/bound ratios seen
@@ -198,7 +207,10 @@ fn run_case(rng: &mut Rng, c: &Case, name: &str) -> [f64; 3] {
     let mut worst = [0f64; 3];
     for ctx in contexts() {
         let what = format!("{name} {} {s:?} n{} {}x{}", label(ctx), c.n, c.h, c.w);
-        let grad = ConvGrad::new(ctx, *s, &wt).unwrap();
+        let mut grad = ConvGrad::new(ctx, *s, &wt).unwrap();
+        if let Some(limit) = c.small {
+            grad = grad.small_weight_limit(limit);
+        }
         let xt = Tensor::from_f32(ctx, xshape, &x, "x").unwrap();
         let dyt = Tensor::from_f32(ctx, yshape, &gy, "dy").unwrap();
         let dxt = Tensor::new(ctx, xshape, "dx").unwrap();
@@ -423,7 +435,14 @@ fn conv_grad_listed_shapes_match_adjoint() {
         ),
     ];
     for (name, c) in &cases {
-        let r = run_case(&mut rng, c, name);
+        // The listed shapes through the tiled dW paths (the default sends small outputs to the
+        // one-invocation-per-weight path, which the random shapes and the injection shapes
+        // below cover).
+        let c = Case {
+            small: Some(0),
+            ..*c
+        };
+        let r = run_case(&mut rng, &c, name);
         eprintln!(
             "{name}: worst error / bound: dX {:.3}, dW {:.3}, dBias {:.3}",
             r[0], r[1], r[2]
@@ -459,6 +478,40 @@ fn conv_grad_random_shapes_match_adjoint() {
         }
         let n = rng.range(1, 2);
         run_case(&mut rng, &case(spec, n, h, w), &format!("random {i}"));
+    }
+}
+
+#[test]
+fn conv_grad_small_outputs_match_adjoint() {
+    // The injection network's shapes (dense convs on 7×7 and 4×4 maps, batch > 1), cut to few
+    // channels: the one-invocation-per-weight dW path, and the same through the tiled path.
+    let mut rng = Rng::new(0x5A1);
+    let cases = [
+        ("k4 p0 on 7x7", case(ConvSpec::new(6, 5, 4, 1, 0), 3, 7, 7)),
+        ("k3 p1 on 4x4", case(ConvSpec::new(5, 7, 3, 1, 1), 2, 4, 4)),
+        ("k2 p0 on 4x4", case(ConvSpec::new(9, 6, 2, 1, 0), 2, 4, 4)),
+        (
+            "dw k3 on 5x3",
+            case(ConvSpec::depthwise(6, 3, 1, 1), 2, 5, 3),
+        ),
+        (
+            "k3 s2 reflect",
+            case(ConvSpec::new(4, 3, 3, 2, 1).reflect(), 1, 9, 7),
+        ),
+    ];
+    for (name, c) in &cases {
+        let quads = {
+            let y = c
+                .spec
+                .output_shape(Shape::new(c.n, c.spec.cin, c.h, c.w))
+                .unwrap();
+            c.n * y.plane().div_ceil(4)
+        };
+        assert!(quads <= 64, "{name}: {quads} quads is not a small output");
+        for small in [None, Some(0)] {
+            let c = Case { small, ..*c };
+            run_case(&mut rng, &c, &format!("{name} small {small:?}"));
+        }
     }
 }
 

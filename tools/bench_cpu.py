@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
-"""CPU baseline for the MobileFaceSwap per-frame network (IDN), for BENCHMARKS.md.
+"""CPU baselines for the per-frame networks (MobileFaceSwap's IDN, MobileFSGAN's generator), for
+BENCHMARKS.md.
 
 Developer tooling only (needs torch; the ONNX Runtime rows also need ``onnxruntime`` and ``onnx``):
 
-    python3 tools/bench_cpu.py [--batch 1 8] [--iters N] [--threads T] [--warmup W]
+    python3 tools/bench_cpu.py [--model idn|mobilefsgan] [--batch 1 8] [--iters N] [--threads T] [--warmup W]
+
+``--model mobilefsgan`` times the MobileFSGAN generator at 256x256 instead (see "MobileFSGAN" below);
+the rest of this text describes the default, ``--model idn``.
 
 What is timed
 -------------
@@ -34,6 +38,18 @@ Each (framework, batch) runs ``--warmup`` untimed iterations, then at least 20 t
 (batch 1; at least 5 for batch >= 8), each timed with ``time.perf_counter``; the table reports the
 median (and the minimum) ms per batch and the median ms per frame. Default threads: all logical
 CPUs (``os.cpu_count()``).
+
+MobileFSGAN
+-----------
+``--model mobilefsgan``: the float64 reference ``tools/reference/mobilefsgan.EncoderDecoder`` (written
+from the spec) cast to float32, eval mode (running statistics), loaded from
+``tools/random_checkpoint.py --model mobilefsgan --seed 4`` (the goldens' checkpoint, built in
+memory), wrapped to take the target [N,3,256,256] in [-1,1] and a fixed unit embedding per sample
+and to return the three heads (images256, images128, images64), as the engine computes them; its
+nine fc_var/fc_mean pairs (0.6 MMAC) run inside the timed forward, where the engine runs them once
+per identity. Checked against the float64 reference at 64x96, batch 2 (max |diff| <= 1e-3) before
+timing; ONNX Runtime gets the same module exported (5 Resize nodes, linear / align_corners, and
+reflect Pads checked in the graph), checked against PyTorch (<= 1e-3). Default batch: 1.
 
 Exit status: 0 when every row was measured; 2 when torch is missing, or when onnxruntime/onnx are
 missing (the PyTorch rows are still printed, with a message saying how to install them); 1 when a
@@ -249,6 +265,56 @@ def check_against_reference(model, unet_state):
 
 
 # --------------------------------------------------------------------------------------------
+# MobileFSGAN
+
+FSG_SEED = 4  # tools/random_checkpoint.py --model mobilefsgan --seed 4 (tools/golden_models.py)
+FSG_SIZE = 256
+TOL_FSG = 1e-3
+
+
+class FSG32(nn.Module):
+    """The reference generator in float32 with fixed per-sample embeddings: target -> the 3 heads."""
+
+    def __init__(self, batch):
+        super().__init__()
+        import random_checkpoint
+        from reference.mobilefsgan import EncoderDecoder, load_state
+
+        gen = EncoderDecoder().double()
+        load_state(gen, {k: torch.from_numpy(v) for k, v in
+                         random_checkpoint.build("mobilefsgan", FSG_SEED).items()})
+        self.ref = gen.eval()
+        self.gen = EncoderDecoder().float().eval()
+        self.gen.load_state_dict(gen.state_dict())
+        rs = np.random.RandomState(IDENTITY_SEED)
+        e = rs.standard_normal((batch, 512))
+        self.register_buffer("emb", torch.from_numpy(e / np.linalg.norm(e, axis=1, keepdims=True)).float())
+        # eval as a whole: torch.onnx.export restores the wrapper's mode recursively afterwards
+        self.eval()
+
+    def forward(self, target):
+        return self.gen(target, self.emb)[:3]
+
+
+def fsg_input(batch, h=FSG_SIZE, w=FSG_SIZE):
+    rs = np.random.RandomState(INPUT_SEED)
+    return torch.from_numpy(rs.uniform(-1.0, 1.0, (batch, 3, h, w)).astype(np.float32))
+
+
+def check_fsg(model_for):
+    m = model_for(2)
+    x = fsg_input(2, 64, 96)
+    with torch.inference_mode():
+        o32 = m(x)
+        o64 = m.ref(x.double(), m.emb.double())[:3]
+    d = max(max_diff(a, b) for a, b in zip(o32, o64))
+    print(f"check: float32 MobileFSGAN vs float64 reference (64x96, batch 2): max|d| {d:.2e} (tol {TOL_FSG:g})")
+    if not d <= TOL_FSG:
+        print("bench_cpu: the float32 module does not match the reference; not timing it.", file=sys.stderr)
+        sys.exit(1)
+
+
+# --------------------------------------------------------------------------------------------
 # timing
 
 
@@ -270,9 +336,9 @@ def time_it(fn, warmup, iters):
     return statistics.median(ts), min(ts)
 
 
-def bench_torch(model, batch, threads, warmup, iters):
+def bench_torch(model, batch, threads, warmup, iters, make=None):
     torch.set_num_threads(threads)
-    x = make_input(batch)
+    x = (make or make_input)(batch)
 
     def run():
         with torch.inference_mode():
@@ -281,13 +347,14 @@ def bench_torch(model, batch, threads, warmup, iters):
     return time_it(run, warmup, iters)
 
 
-def export_onnx(model, batch):
+def export_onnx(model, batch, fsgan=False):
     """ONNX bytes of `model` at a fixed batch (opset 17, TorchScript exporter)."""
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (make_input(batch),), buf, opset_version=OPSET,
-                          input_names=["data"], output_names=["swapped", "mask"],
+        torch.onnx.export(model, ((fsg_input if fsgan else make_input)(batch),), buf, opset_version=OPSET,
+                          input_names=["data"],
+                          output_names=["images256", "images128", "images64"] if fsgan else ["swapped", "mask"],
                           do_constant_folding=True, dynamo=False)
     data = buf.getvalue()
     import onnx
@@ -295,6 +362,14 @@ def export_onnx(model, batch):
     g = onnx.load_from_string(data)
     onnx.checker.check_model(g)
     resizes = [n for n in g.graph.node if n.op_type == "Resize"]
+    if fsgan:
+        pads = [n for n in g.graph.node if n.op_type == "Pad"]
+        for n in pads:
+            mode = {a.name: a for a in n.attribute}.get("mode")
+            if mode is None or mode.s != b"reflect":
+                raise RuntimeError(f"Pad node {n.name} is not reflect")
+        if len(resizes) != 5 or len(pads) != 5:
+            raise RuntimeError(f"expected 5 Resize and 5 Pad nodes, got {len(resizes)} and {len(pads)}")
     for n in resizes:
         attrs = {a.name: a for a in n.attribute}
         ctm = attrs.get("coordinate_transformation_mode")
@@ -303,7 +378,7 @@ def export_onnx(model, batch):
             raise RuntimeError(f"Resize node {n.name} is not linear/align_corners")
     # 4 decoder + 1 final + 5 mask upsamplings; the exporter merges up2(e4), which D0 and mask.0
     # both compute, into one node (9)
-    if len(resizes) not in (9, 10):
+    if not fsgan and len(resizes) not in (9, 10):
         raise RuntimeError(f"expected 9 or 10 Resize nodes, got {len(resizes)}")
     return data
 
@@ -317,6 +392,22 @@ def ort_session(onnx_bytes, threads):
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(onnx_bytes, sess_options=so, providers=["CPUExecutionProvider"])
+
+
+def bench_ort_fsgan(model, batch, threads, warmup, iters):
+    sess = ort_session(export_onnx(model, batch, fsgan=True), threads)
+    x = fsg_input(batch)
+    feed = {"data": x.numpy()}
+    got = sess.run(None, feed)
+    torch.set_num_threads(threads)
+    with torch.inference_mode():
+        want = model(x)
+    d = max(max_diff(a, b) for a, b in zip(got, want))
+    print(f"check: ONNX Runtime vs PyTorch float32 MobileFSGAN (batch {batch}): max|d| {d:.2e} (tol {TOL_FSG:g})")
+    if not d <= TOL_FSG:
+        print("bench_cpu: ONNX Runtime output does not match PyTorch; not timing it.", file=sys.stderr)
+        sys.exit(1)
+    return time_it(lambda: sess.run(None, feed), warmup, iters)
 
 
 def bench_ort(model, batch, threads, warmup, iters):
@@ -373,7 +464,11 @@ def cpu_description():
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="batch sizes (default 1 8)")
+    ap.add_argument("--model", choices=["idn", "mobilefsgan"], default="idn",
+                    help="idn: MobileFaceSwap's per-frame network at 224 (default); mobilefsgan: the "
+                         "MobileFSGAN generator at 256")
+    ap.add_argument("--batch", type=int, nargs="+", default=None,
+                    help="batch sizes (default 1 8 for idn, 1 for mobilefsgan)")
     ap.add_argument("--iters", type=int, default=None,
                     help="timed iterations per row (default 30 for batch < 8, 10 for batch >= 8; "
                          f"never fewer than {MIN_ITERS_SMALL} / {MIN_ITERS_LARGE})")
@@ -381,6 +476,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                     help="intra-op threads for both frameworks (default: all logical CPUs)")
     args = ap.parse_args(argv)
+    if args.batch is None:
+        args.batch = [1, 8] if args.model == "idn" else [1]
     if min(args.batch) < 1 or args.threads < 1 or args.warmup < 0:
         ap.error("--batch and --threads must be positive, --warmup non-negative")
 
@@ -395,6 +492,8 @@ def main(argv=None):
                  "pip install onnxruntime onnx; the ONNX Runtime rows are skipped")
 
     torch.set_num_threads(args.threads)
+    if args.model == "mobilefsgan":
+        return main_fsgan(args, ort_missing)
     unet_state = build_unet_state()
     model = IDN32().eval()
     model.load_unet_state(unet_state)
@@ -442,6 +541,35 @@ def main(argv=None):
               "(pip install onnxruntime onnx).")
         return 2
     return 0
+
+
+def main_fsgan(args, ort_missing):
+    torch.set_grad_enabled(False)
+    check_fsg(FSG32)
+    rows = []
+    for b in args.batch:
+        model = FSG32(b)
+        n = iters_for(b, args.iters) if args.iters is not None else (10 if b < 8 else 5)
+        med, mn = bench_torch(model, b, args.threads, args.warmup, n, make=fsg_input)
+        rows.append(("PyTorch eager fp32", torch.__version__, b, args.threads, n, med, mn))
+        if not ort_missing:
+            import onnxruntime as ort
+
+            med, mn = bench_ort_fsgan(model, b, args.threads, args.warmup, n)
+            rows.append((f"ONNX Runtime CPU fp32 (opset {OPSET})", ort.__version__, b,
+                         args.threads, n, med, mn))
+    print()
+    print(f"CPU: {cpu_description()}")
+    print(f"Software: Python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}; "
+          f"{platform.system()} {platform.release()}")
+    print(f"Network: MobileFSGAN generator (3 heads), {FSG_SIZE}x{FSG_SIZE}, float32, eval mode, seeded random "
+          f"weights (checkpoint seed {FSG_SEED}); warm-up {args.warmup}")
+    print()
+    print("| framework | version | batch | threads | iters | median ms/batch | min ms/batch | median ms/frame |")
+    print("|---|---|--:|--:|--:|--:|--:|--:|")
+    for f, v, b, t, n, med, mn in rows:
+        print(f"| {f} | {v} | {b} | {t} | {n} | {med:.1f} | {mn:.1f} | {med / b:.1f} |")
+    return 2 if ort_missing else 0
 
 
 if __name__ == "__main__":

@@ -1,10 +1,22 @@
 #!/usr/bin/env python3
-"""Whole-model goldens for ArcFace and MobileFaceSwap, from the float64 PyTorch reference.
+"""Whole-model goldens for ArcFace and MobileFaceSwap, and for MobileFSGAN and its MobileFaceNet-512,
+from the float64 PyTorch reference.
 
 Run by developers only (needs torch; see tools/requirements.txt), when the reference, the seeds or
 the checkpoint generator change:
 
-    python3 tools/golden_models.py [--out tests/fixtures/models] [--keep DIR]
+    python3 tools/golden_models.py [--out tests/fixtures/models] [--keep DIR] [--only mobilefaceswap|mobilefsgan]
+
+``--only mobilefsgan`` (function ``mobilefsgan_goldens``): the PyTorch zip checkpoints of
+``random_checkpoint.py --model mobilefsgan --seed 4`` / ``--model mobilefacenet --seed 5`` read by
+``torch.load`` itself, the reference of ``tools/reference/mobilefsgan.py`` in eval mode, and
+``mobilefsgan_golden`` (batch 2 at 64x96, a different identity per sample), ``mobilefsgan256_golden``
+(batch 1 at 256x256), ``mobilefacenet512_golden`` (two faces, and the [26:230] -> 112 crop of the 256
+target with its embedding). Their metadata also records ``negative_controls`` (how far images256
+moves when the reference makes each plausible mistake: sigmoid attention, BN folded across the zero
+padding, half-pixel or zero-padded upsampling, 1 + sigma, the residual on the fused features,
+train-mode statistics; each must exceed 0.1) and ``fp16_emulated_max_err`` (the reference with every
+module output rounded to float16). The rest of this text describes the MobileFaceSwap group.
 
 Steps:
 1. Runs ``tools/random_checkpoint.py`` (NumPy only) with the command lines in CHECKPOINTS to write
@@ -72,6 +84,20 @@ CHECKPOINTS = {
         "file": f"arcface_d{''.join(map(str, ARCFACE_DEPTHS))}_seed{ARC_SEED}.pdparams",
     },
 }
+
+FSG_SEED = 4
+MFN_SEED = 5
+FSG_INPUT_SEED = 6
+CHECKPOINTS["mobilefsgan"] = {
+    "command": f"python3 tools/random_checkpoint.py --model mobilefsgan --seed {FSG_SEED} {{out}}",
+    "file": f"mobilefsgan_seed{FSG_SEED}.pth",
+}
+CHECKPOINTS["mobilefacenet"] = {
+    "command": f"python3 tools/random_checkpoint.py --model mobilefacenet --seed {MFN_SEED} {{out}}",
+    "file": f"mobilefacenet512_seed{MFN_SEED}.pth",
+}
+# which checkpoints each group of fixtures needs
+GROUPS = {"mobilefaceswap": ["mobilefaceswap", "arcface"], "mobilefsgan": ["mobilefsgan", "mobilefacenet"]}
 
 PRECISION = ("Inputs are stored exactly (they are float16 values). Outputs stored as F16 carry a "
              "rounding error <= 2^-11 relative (half an ulp) on top of the float64 result; F32 "
@@ -162,9 +188,10 @@ class Recorder:
 # --------------------------------------------------------------------------------------------
 
 
-def make_checkpoints(work):
+def make_checkpoints(work, models):
     out = {}
-    for model, c in CHECKPOINTS.items():
+    for model in models:
+        c = CHECKPOINTS[model]
         path = os.path.join(work, c["file"])
         cmd = shlex.split(c["command"].format(out=shlex.quote(path)))
         cmd[0] = sys.executable
@@ -191,24 +218,7 @@ def flat_checkpoint_meta(ck, models):
     return out
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default=os.path.join(ROOT, "tests", "fixtures", "models"))
-    ap.add_argument("--keep", help="write the checkpoints here (default: a temporary directory)")
-    args = ap.parse_args()
-    torch.set_grad_enabled(False)
-    os.makedirs(args.out, exist_ok=True)
-
-    tmp = None
-    work = args.keep
-    if work is None:
-        tmp = tempfile.TemporaryDirectory()
-        work = tmp.name
-    os.makedirs(work, exist_ok=True)
-    ck = make_checkpoints(work)
-    for m, v in ck.items():
-        print(f"{m}: {v['path']} sha256 {v['sha256']} ({v['bytes']} bytes)")
-
+def mobilefaceswap_goldens(args, ck):
     # inputs ------------------------------------------------------------------------------
     rs = np.random.RandomState(INPUT_SEED)
     face = np.clip(rs.standard_normal((2, 3, 112, 112)), -3.0, 3.0).astype(np.float16)
@@ -363,6 +373,301 @@ def main():
     for n, sz in sizes.items():
         print(f"{os.path.join(args.out, n)}: {sz} bytes")
         assert sz < 1_000_000, n
+
+
+# --------------------------------------------------------------------------------------------
+# MobileFSGAN
+
+
+def torch_checkpoint(path):
+    """A torch zip checkpoint read by torch itself (an independent reader of the file the engine's
+    exporter converts), ``module.`` prefix stripped."""
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in sd.items()}
+
+
+def torch_checkpoint_meta(ck, model):
+    return {"model": model, "command": CHECKPOINTS[model]["command"], "sha256": ck[model]["sha256"],
+            "bytes": ck[model]["bytes"], "tensors": len(torch_checkpoint(ck[model]["path"]))}
+
+
+def flat_torch_meta(ck, models):
+    out = {}
+    for m in models:
+        out[f"{m}_pth_command"] = CHECKPOINTS[m]["command"]
+        out[f"{m}_pth_sha256"] = ck[m]["sha256"]
+        out[f"{m}_pth_bytes"] = ck[m]["bytes"]
+    return out
+
+
+class Quirk:
+    """Temporarily replaces `attr` of `cls` (a plausible implementation mistake, for the negative
+    controls: each must move the output by much more than the engine's tolerance)."""
+
+    def __init__(self, cls, attr, value):
+        self.cls, self.attr, self.value = cls, attr, value
+
+    def __enter__(self):
+        self.old = getattr(self.cls, self.attr)
+        setattr(self.cls, self.attr, self.value)
+
+    def __exit__(self, *exc):
+        setattr(self.cls, self.attr, self.old)
+
+
+def fsg_negative_controls(gen, target, emb, want):
+    """max |images256 - want| for each mistaken reading of the spec."""
+    import torch.nn.functional as F
+    from reference import mobilefsgan as R
+
+    def bn_eval(bn, x):
+        return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+
+    def fsg_sigmoid(self, h, attr):
+        a = torch.sigmoid(self.conv_attention(h))
+        return self.basic_block(a * h + (1.0 - a) * attr)
+
+    def down_folded(self, x):
+        # BN folded into the zero-padded conv: the padding holds bn(0) = beta - mean*k, not 0
+        k = self.normalize.weight / torch.sqrt(self.normalize.running_var + self.normalize.eps)
+        s = (self.normalize.bias - self.normalize.running_mean * k)[None, :, None, None]
+        xp = F.pad(bn_eval(self.normalize, x) - s, (1, 1, 1, 1)) + s
+        return R._act(F.conv2d(xp, self.conv.weight, None, 2, 0))
+
+    def up_half_pixel(self, x):
+        y = F.interpolate(self.normalize(x), scale_factor=2, mode="bilinear", align_corners=False)
+        return R._act(self.conv(self.pad(y)))
+
+    def up_zero_pad(self, x):
+        return R._act(F.conv2d(self.upsample(self.normalize(x)), self.conv.weight, None, 1, 1))
+
+    def id_one_plus(self, x, e):
+        mu = self.fc_mean(e)[:, :, None, None]
+        sigma = self.fc_var(e)[:, :, None, None]
+        m = self.normalize(x) * (1.0 + sigma) + mu
+        return self.conv3x3(R._act(self.conv1x1(R._act(m))))
+
+    def dec_fused_residual(gen_dec):
+        # residual added to the fused features f instead of the pre-fusion h
+        def fwd(self, h, attrs):
+            x256_0, x256_1, x256_2, x128_0, x128_1, x128_2, x128_3, x64_0, x64_1, x64_2, x64_3, x64_4 = attrs
+            def blk(name, h, a):
+                b = getattr(self, name)
+                att = b.conv_attention(h)
+                f = att * h + (1 - att) * a
+                return f + b.basic_block(f)
+            for name, a in zip(R.DECODER_BLOCKS[:5], (x64_4, x64_3, x64_2, x64_1, x64_0)):
+                h = blk(name, h, a)
+            i64 = self.image64_output(h)
+            h = self.up128(h)
+            for name, a in zip(R.DECODER_BLOCKS[5:9], (x128_3, x128_2, x128_1, x128_0)):
+                h = blk(name, h, a)
+            i128 = self.image128_output(h)
+            h = self.up256(h)
+            for name, a in zip(R.DECODER_BLOCKS[9:], (x256_2, x256_1, x256_0)):
+                h = blk(name, h, a)
+            return self.image256_output(h), i128, i64
+        return fwd
+
+    controls = {
+        "sigmoid_attention": Quirk(R.DecoderBlock, "forward", fsg_sigmoid),
+        "bn_folded_across_zero_padding": Quirk(R.Downsample, "forward", down_folded),
+        "upsample_align_corners_false": Quirk(R.Upsample, "forward", up_half_pixel),
+        "upsample_zero_padding": Quirk(R.Upsample, "forward", up_zero_pad),
+        "identity_scale_one_plus_sigma": Quirk(R.IdentityEncoderBlock, "forward", id_one_plus),
+        "residual_adds_fused_features": Quirk(R.Decoder, "forward", dec_fused_residual(None)),
+    }
+    out = {}
+    for name, q in controls.items():
+        with q:
+            got = gen(target, emb)[0]
+        out[name] = float((got - want).abs().max())
+    import copy
+
+    trained = copy.deepcopy(gen).train()  # batch statistics (a train-mode forward updates the copy's running stats)
+    out["train_mode_batch_statistics"] = float((trained(target, emb)[0] - want).abs().max())
+    for name, q in controls.items():  # the quirks are undone and the running statistics untouched
+        assert torch.equal(gen(target, emb)[0], want), name
+    return out
+
+
+def fp16_emulated(gen, target, emb):
+    """The forward with every leaf module's output rounded to float16 (the engine stores every
+    activation in fp16): the size of error an fp16 engine makes, independent of the engine."""
+    handles = []
+    for _, m in gen.named_modules():
+        if any(True for _ in m.children()):
+            continue
+        handles.append(m.register_forward_hook(lambda mod, inp, out: out.half().double()))
+    try:
+        return gen(target.half().double(), emb.half().double())
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def mobilefsgan_goldens(args, ck):
+    from reference.mobilefsgan import EncoderDecoder, MobileFaceNet512, crop_resize_112, load_state
+
+    gen = EncoderDecoder().double()
+    load_state(gen, torch_checkpoint(ck["mobilefsgan"]["path"]))
+    gen.eval()
+    mfn = MobileFaceNet512().double()
+    load_state(mfn, torch_checkpoint(ck["mobilefacenet"]["path"]))
+    mfn.eval()
+
+    rs = np.random.RandomState(FSG_INPUT_SEED)
+
+    def unit(n):
+        e = rs.standard_normal((n, 512))
+        return (e / np.linalg.norm(e, axis=1, keepdims=True)).astype(np.float16)
+
+    target = rs.uniform(-1.0, 1.0, (2, 3, 64, 96)).astype(np.float16)
+    emb = unit(2)
+    target256 = rs.uniform(-1.0, 1.0, (1, 3, 256, 256)).astype(np.float16)
+    emb256 = unit(1)
+    face = rs.uniform(-1.0, 1.0, (2, 3, 112, 112)).astype(np.float16)
+
+    rec = Recorder()
+    rec.attach(gen, "mobilefsgan")
+    out = gen(f16_exact(target), f16_exact(emb))
+    out256 = gen(f16_exact(target256), f16_exact(emb256))
+    rec.detach()
+    rec.attach(mfn, "mobilefacenet")
+    mfn_raw = mfn.raw(f16_exact(face))
+    mfn_emb = mfn(f16_exact(face))
+    crop = crop_resize_112(f16_exact(target256))
+    crop_emb = mfn(crop)
+    rec.detach()
+    assert torch.allclose(mfn_emb.norm(dim=1), torch.ones(2, dtype=torch.float64))
+
+    # style (debug aid): sigma(e), mu(e) of every identity block, in the engine's order
+    styles = []
+    for b in ["b256_down", "b128_down", "b64_down", "b32_down", "b16_down", "b8_down", "b16_up", "b32_up", "b64_up"]:
+        blk = getattr(gen.identity_encoder, b)
+        styles += [blk.fc_var(f16_exact(emb)), blk.fc_mean(f16_exact(emb))]
+    style = torch.cat(styles, dim=1)
+
+    # sanity: bounded activations, outputs neither saturated nor flat
+    worst = max(rec.stats.items(), key=lambda kv: kv[1][0])
+    print(f"largest activation: {worst[0]} max|x| {worst[1][0]:.4g}")
+    assert worst[1][0] < 1000.0, worst  # fp16-safe (65504) with a wide margin
+    tiny = [k for k, (mx, rms) in rec.stats.items() if rms < 1e-2]
+    assert not tiny, tiny
+    for name, t in zip(("images256", "images128", "images64"), out[:3]):
+        a = t.numpy()
+        sat = float((np.abs(a) > 0.98).mean())
+        print(f"{name}: min {a.min():.3f} max {a.max():.3f} std {a.std():.3f} saturated {sat:.3f}")
+        assert a.std() > 0.1 and sat < 0.1, name
+
+    # the quirks the tolerance must be able to see, and the fp16 error scale
+    controls = fsg_negative_controls(gen, f16_exact(target), f16_exact(emb), out[0])
+    emu = fp16_emulated(gen, f16_exact(target), f16_exact(emb))
+    emu_err = {n: float((a - b).abs().max()) for n, a, b in zip(("images256", "images128", "images64"), emu[:3], out[:3])}
+    emu256 = fp16_emulated(gen, f16_exact(target256), f16_exact(emb256))
+    emu256_err = {n: float((a - b).abs().max())
+                  for n, a, b in zip(("images256", "images128", "images64"), emu256[:3], out256[:3])}
+    print("negative controls (max |images256 - golden|):", json.dumps(controls, indent=1))
+    print("fp16-emulated max error:", emu_err, "at 256:", emu256_err)
+    assert max(emu_err.values()) < 5e-3 and max(emu256_err.values()) < 5e-3, "too sensitive to fp16 rounding"
+    assert min(controls.values()) > 0.1, controls  # 5x the 2e-2 bar
+
+    common = {
+        "format": FORMAT,
+        "generator": "tools/golden_models.py --only mobilefsgan (float64 PyTorch reference, "
+                     "tools/reference/mobilefsgan.py, eval mode: running statistics)",
+        "precision": "Inputs are float16 values stored exactly; F16 outputs carry <= 2^-11 relative rounding "
+                     "on top of the float64 result. Checkpoint values are float16-exact float32.",
+        "input_seed": FSG_INPUT_SEED,
+        "inputs": "numpy.random.RandomState(input_seed), in this order: target = uniform(-1,1,(2,3,64,96)); "
+                  "id_embedding = unit rows of standard_normal((2,512)); target256 = uniform(-1,1,(1,3,256,256)); "
+                  "id_embedding256 = unit rows of standard_normal((1,512)); face = uniform(-1,1,(2,3,112,112)); "
+                  "all rounded to float16",
+        "checkpoints": json.dumps([torch_checkpoint_meta(ck, "mobilefsgan"), torch_checkpoint_meta(ck, "mobilefacenet")],
+                                  sort_keys=True),
+        **flat_torch_meta(ck, ["mobilefsgan", "mobilefacenet"]),
+        "activations": json.dumps(rec.compact(), sort_keys=True),
+    }
+    sizes = {}
+    name = "mobilefsgan_golden.safetensors"
+    sizes[name] = write_safetensors(os.path.join(args.out, name), [
+        ("target", target),
+        ("id_embedding", emb),
+        ("images256", f16(out[0])),
+        ("images128", f16(out[1])),
+        ("images64", f16(out[2])),
+        ("style", f32(style)),
+    ], {**common, "model": "mobilefsgan",
+        "negative_controls": json.dumps(controls, sort_keys=True),
+        "fp16_emulated_max_err": json.dumps(emu_err, sort_keys=True),
+        "tensors": json.dumps({
+            "target": "F16 [2,3,64,96] generator input in [-1,1] (H, W multiples of 32)",
+            "id_embedding": "F16 [2,512] per-sample source embedding (unit before rounding)",
+            "images256 / images128 / images64": "F16 [2,3,64,96] / [2,3,32,48] / [2,3,16,24] tanh heads",
+            "style": "F32 [2,1152] sigma(e), mu(e) (64 each) of identity blocks b256_down .. b64_up",
+            "negative_controls": "max |images256 - golden| when the reference makes each listed mistake",
+            "fp16_emulated_max_err": "max error of the reference with every module output rounded to f16",
+        }, sort_keys=True)})
+
+    name = "mobilefsgan256_golden.safetensors"
+    sizes[name] = write_safetensors(os.path.join(args.out, name), [
+        ("target", target256),
+        ("id_embedding", emb256),
+        ("images256", f16(out256[0])),
+        ("images128", f16(out256[1])),
+        ("images64", f16(out256[2])),
+    ], {**common, "model": "mobilefsgan",
+        "fp16_emulated_max_err": json.dumps(emu256_err, sort_keys=True),
+        "tensors": json.dumps({
+        "target": "F16 [1,3,256,256] generator input in [-1,1] (the trained size)",
+        "id_embedding": "F16 [1,512]",
+        "images256 / images128 / images64": "F16 [1,3,256,256] / [1,3,128,128] / [1,3,64,64]",
+    }, sort_keys=True)})
+
+    name = "mobilefacenet512_golden.safetensors"
+    sizes[name] = write_safetensors(os.path.join(args.out, name), [
+        ("face", face),
+        ("id_embedding", f32(mfn_emb)),
+        ("id_embedding_raw", f32(mfn_raw)),
+        ("crop112", f32(crop)),
+        ("crop_embedding", f32(crop_emb)),
+    ], {**common, "model": "mobilefacenet", "tensors": json.dumps({
+        "face": "F16 [2,3,112,112] input in [-1,1]",
+        "id_embedding_raw": "F32 [2,512] BatchNorm1d output",
+        "id_embedding": "F32 [2,512] id_embedding_raw / ||id_embedding_raw||_2",
+        "crop112": "F32 [1,3,112,112] crop_resize_112(target256 of mobilefsgan256_golden): rows/cols "
+                   "[26:230], bilinear align_corners=True to 112",
+        "crop_embedding": "F32 [1,512] the unit embedding of crop112",
+    }, sort_keys=True)})
+    for n, sz in sizes.items():
+        print(f"{os.path.join(args.out, n)}: {sz} bytes")
+        assert sz < 1_500_000, n
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=os.path.join(ROOT, "tests", "fixtures", "models"))
+    ap.add_argument("--keep", help="write the checkpoints here (default: a temporary directory)")
+    ap.add_argument("--only", choices=["all"] + list(GROUPS), default="all",
+                    help="regenerate one group of fixtures (default: all)")
+    args = ap.parse_args()
+    torch.set_grad_enabled(False)
+    os.makedirs(args.out, exist_ok=True)
+
+    tmp = None
+    work = args.keep
+    if work is None:
+        tmp = tempfile.TemporaryDirectory()
+        work = tmp.name
+    os.makedirs(work, exist_ok=True)
+    groups = list(GROUPS) if args.only == "all" else [args.only]
+    ck = make_checkpoints(work, [m for g in groups for m in GROUPS[g]])
+    for m, v in ck.items():
+        print(f"{m}: {v['path']} sha256 {v['sha256']} ({v['bytes']} bytes)")
+    if "mobilefaceswap" in groups:
+        mobilefaceswap_goldens(args, ck)
+    if "mobilefsgan" in groups:
+        mobilefsgan_goldens(args, ck)
     if tmp is not None:
         tmp.cleanup()
 

@@ -227,9 +227,128 @@ def mobilefacenet128():
             "tensors": t}
 
 
+def mobilefsgan():
+    """MobileFSGAN generator EncoderDecoder(64, 512) (spec mobilefsgan.md section 2): 323 float
+    tensors (the 42 int64 num_batches_tracked counters are not listed; the loader ignores them)."""
+    t, c = {}, 64
+
+    def tbn(p, affine=True):
+        for k in (("weight", "bias") if affine else ()) + ("running_mean", "running_var"):
+            t[f"{p}.{k}"] = {"shape": [c], "kind": "bn"}
+
+    def attribute(p):
+        tbn(f"{p}.normalize")
+        conv(t, f"{p}.conv1x1", c, c, 1)
+        conv(t, f"{p}.conv3x3", c, c, 3, bias=False)
+
+    def identity(p):
+        tbn(f"{p}.normalize", affine=False)
+        for fc in ("fc_mean", "fc_var"):
+            t[f"{p}.{fc}.weight"] = {"shape": [c, 512], "kind": "linear"}
+            t[f"{p}.{fc}.bias"] = {"shape": [c], "kind": "linear"}
+        conv(t, f"{p}.conv1x1", c, c, 1)
+        conv(t, f"{p}.conv3x3", c, c, 3, bias=False)
+
+    def resample(p, k):
+        tbn(f"{p}.normalize")
+        conv(t, f"{p}.conv", c, c, k, bias=False)
+
+    conv(t, "encoder_head.conv_image", c, 3, 3)
+    conv(t, "encoder_head.conv1x1", c, c, 1)
+    conv(t, "encoder_head.conv3x3", c, c, 3, bias=False)
+    for b in ("b256_down", "b128_down", "b64_down", "b32_down", "b16_down", "b8_down", "b16_up", "b32_up", "b64_up"):
+        identity(f"identity_encoder.{b}")
+    for d in ("down128", "down64", "down32", "down16", "down8"):
+        resample(f"identity_encoder.{d}", 4)
+    for u in ("up16", "up32", "up64"):
+        resample(f"identity_encoder.{u}", 3)
+    for b in ("b256_1", "b256_2", "b128_1", "b128_2", "b128_3", "b64_1", "b64_2", "b64_3", "b64_4"):
+        attribute(f"attribute_encoder.{b}")
+    for d in ("downsample128", "downsample64"):
+        resample(f"attribute_encoder.{d}", 4)
+    for b in ("b64_4", "b64_3", "b64_2", "b64_1", "b64_0", "b128_3", "b128_2", "b128_1", "b128_0",
+              "b256_2", "b256_1", "b256_0"):
+        conv(t, f"decoder.{b}.conv_attention", 1, c, 1)
+        attribute(f"decoder.{b}.basic_block")
+    for u in ("up128", "up256"):
+        resample(f"decoder.{u}", 3)
+    for h in ("image64_output", "image128_output", "image256_output"):
+        conv(t, f"decoder.{h}.conv", 3, c, 3)
+    assert len(t) == 365 - 42, len(t)
+    return {
+        "model": "mobilefsgan",
+        "source": "HoiM/MobileFSGAN @ 478175b modules/EncoderDecoder.py EncoderDecoder(64, 512) (spec mobilefsgan.md); "
+                  "main.py's DDP checkpoints prefix every key with 'module.', which tools/export.py removes; int64 "
+                  "num_batches_tracked counters are ignored",
+        "input": {"target": {"shape": ["N", 3, "H", "W"], "range": [-1, 1], "colour": "RGB",
+                             "note": "aligned 256x256 crop (H, W multiples of 32), (pixel/255 - 0.5) / 0.5"},
+                  "id_embedding": {"shape": ["N", 512],
+                                   "note": "L2-normalised 512-d MobileFaceNet embedding of the source (model mobilefacenet)"}},
+        "output": {"images256": {"shape": ["N", 3, "H", "W"], "range": [-1, 1], "note": "the swapped face (tanh)"},
+                   "images128": {"shape": ["N", 3, "H/2", "W/2"], "range": [-1, 1]},
+                   "images64": {"shape": ["N", 3, "H/4", "W/4"], "range": [-1, 1]}},
+        "normalisation": {"scale": 1 / 255, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
+        "alignment": {"size": 256, "template_112": ARCFACE_112, "scale": 204 / 112, "offset": 26,
+                      "transform": "least-squares 6-DoF affine",
+                      "note": "inferred, not in the official repo (spec section 4): the ArcFace 112 template scaled "
+                              "by 204/112 and shifted by 26 px"},
+        "tensors": t,
+    }
+
+
+def mobilefacenet():
+    """MobileFSGAN's identity model: TreB1eN MobileFaceNet(512) (spec mobilefsgan.md section 3.1),
+    283 float tensors (50 num_batches_tracked counters not listed)."""
+    t = {}
+
+    def tbn(p, ch):
+        for k in ("weight", "bias", "running_mean", "running_var"):
+            t[f"{p}.{k}"] = {"shape": [ch], "kind": "bn"}
+
+    def block(p, cin, cout, k, groups=1, prelu=True):
+        t[f"{p}.conv.weight"] = {"shape": [cout, cin // groups, k, k], "kind": "conv"}
+        tbn(f"{p}.bn", cout)
+        if prelu:
+            t[f"{p}.prelu.weight"] = {"shape": [cout], "kind": "prelu"}
+
+    def depth_wise(p, cin, cout, g):
+        block(f"{p}.conv", cin, g, 1)
+        block(f"{p}.conv_dw", g, g, 3, groups=g)
+        block(f"{p}.project", g, cout, 1, prelu=False)
+
+    block("conv1", 3, 64, 3)
+    block("conv2_dw", 64, 64, 3, groups=64)
+    depth_wise("conv_23", 64, 64, 128)
+    for i in range(4):
+        depth_wise(f"conv_3.model.{i}", 64, 64, 128)
+    depth_wise("conv_34", 64, 128, 256)
+    for i in range(6):
+        depth_wise(f"conv_4.model.{i}", 128, 128, 256)
+    depth_wise("conv_45", 128, 128, 512)
+    for i in range(2):
+        depth_wise(f"conv_5.model.{i}", 128, 128, 256)
+    block("conv_6_sep", 128, 512, 1)
+    block("conv_6_dw", 512, 512, 7, groups=512, prelu=False)
+    t["linear.weight"] = {"shape": [512, 512], "kind": "linear"}
+    tbn("bn", 512)
+    assert len(t) == 333 - 50, len(t)
+    return {
+        "model": "mobilefacenet",
+        "source": "MobileFaceNet(512) of TreB1eN/InsightFace_Pytorch as used (RGB input) by HoiM/MobileFSGAN "
+                  "(params/RGB_model_mobilefacenet.pth; spec mobilefsgan.md 3.1); int64 num_batches_tracked "
+                  "counters are ignored",
+        "input": {"face": {"shape": ["N", 3, 112, 112], "range": [-1, 1], "colour": "RGB",
+                           "note": "from a 256 MobileFSGAN crop: rows/cols [26:230], bilinear align_corners=True to 112"}},
+        "output": {"id_embedding": {"shape": ["N", 512], "note": "BatchNorm1d output / its L2 norm"}},
+        "normalisation": {"scale": 1 / 255, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
+        "crop": {"256": [26, 230], "128": [13, 115], "64": [7, 57], "resize": "bilinear align_corners=True to 112"},
+        "tensors": t,
+    }
+
+
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..", "weights")
-    for m in (mobilefaceswap(), idn(), arcface(), faceboxes()):
+    for m in (mobilefaceswap(), idn(), arcface(), faceboxes(), mobilefsgan(), mobilefacenet()):
         path = os.path.join(out, m["model"] + ".json")
         with open(path + ".tmp", "w") as f:
             json.dump(m, f, indent=1)

@@ -1,8 +1,19 @@
 #!/usr/bin/env python3
-"""Seeded random checkpoints in the official Paddle ``.pdparams`` format (NumPy only; runs in CI).
+"""Seeded random checkpoints in the official formats (NumPy only; runs in CI): Paddle ``.pdparams``
+for MobileFaceSwap and its ArcFace, PyTorch zip ``.pth`` for MobileFSGAN and its MobileFaceNet-512.
 
     python3 tools/random_checkpoint.py --model mobilefaceswap --seed 1 OUT.pdparams
     python3 tools/random_checkpoint.py --model arcface --arcface-depths 1,1,1,1 --seed 2 OUT.pdparams
+    python3 tools/random_checkpoint.py --model mobilefsgan --seed 4 OUT.pth
+    python3 tools/random_checkpoint.py --model mobilefacenet --seed 5 OUT.pth
+
+The PyTorch files (``torch_dumps``) are what ``torch.save(state_dict)`` writes: a zip (stored, fixed
+timestamps, written byte by byte below so the sha256 does not depend on the Python version) holding
+``archive/data.pkl`` (protocol 2: an OrderedDict of ``torch._utils._rebuild_tensor_v2`` records over
+persistent-id storages), ``archive/byteorder``, ``archive/data/<key>`` and ``archive/version``;
+``torch.load(..., weights_only=True)`` reads them. The MobileFSGAN generator's keys carry the
+``module.`` prefix of the official DDP checkpoints; int64 ``num_batches_tracked`` counters are
+included. Value scales for those two models are described above ``mobilefsgan_spec()``.
 
 The model checkpoints are too big to commit (the ArcFace FC alone is 25088 x 512). CI regenerates
 them with this script, and ``tests/fixtures/models/*_golden.safetensors`` record the sha256 of the
@@ -208,12 +219,164 @@ def arcface_spec(depths):
     return s
 
 
+# MobileFSGAN (PyTorch checkpoints; spec mobilefsgan.md sections 1-3.1) ---------------------------
+#
+# Generator ``EncoderDecoder(64, 512)``: the 365 state-dict entries of spec section 2 in registration
+# order, int64 ``num_batches_tracked`` counters included, written as ``main.py`` saves them from the
+# DDP wrapper: a torch zip checkpoint whose keys carry the ``module.`` prefix. Identity model: the
+# TreB1eN ``MobileFaceNet(512)`` state dict (333 entries, plain keys).
+#
+# Values (the generator has no normalisation on its residual stream, so the residual branches are
+# scaled down to keep the 9 + 12 residual sums O(1) in fp16):
+# * BN: weight ~ U(0.6, 1.4), bias ~ U(-0.3, 0.3), running_mean ~ U(-0.5, 0.5), running_var ~
+#   U(0.5, 2): far from identity, so a batch norm folded across a zero padding, or a missing one,
+#   shows at the borders; every variance positive;
+# * convs ~ N(0, gain^2 / fan_in): 1.4 before LeakyReLU/PReLU, FSG_BRANCH_GAIN on the last conv of a
+#   residual branch, FSG_HEAD_GAIN on the tanh heads; biases ~ U(-0.1, 0.1);
+# * identity blocks: fc_var (the raw scale sigma(e)) weight ~ N(0, 0.5^2), so sigma(e) of a unit e
+#   has std 0.5 around its bias ~ U(0.5, 1.5); fc_mean weight ~ N(0, 0.3^2), bias ~ U(-0.2, 0.2);
+# * conv_attention: weight ~ N(0, 0.6^2 / 64), bias ~ U(0.2, 0.8): the raw attention a spreads
+#   over roughly [-0.5, 1.5], both sides of [0, 1], as an unsquashed map may;
+# * MobileFaceNet: PReLU slopes ~ U(0.15, 0.35) per channel, BN running_mean ~ U(-0.3, 0.3),
+#   running_var ~ U(0.5, 1.5), residual projections gain 0.7 / sqrt(blocks).
+
+FSG_C = 64
+FSG_EMB = 512
+FSG_BRANCH_GAIN = 0.5
+FSG_HEAD_GAIN = 0.3
+FSG_UP_GAIN = 1.0  # Upsample convs (1.4 compounds over the 5 of them)
+FSG_ATT_GAIN = 0.15  # the attention is linear in h and multiplies h: keep its h-dependent part small
+FSG_COUNT = 10000  # num_batches_tracked (ignored by every reader; any int64)
+
+
+def _torch_bn(prefix, c, affine=True, mean=0.5, var=(0.5, 2.0), weight=(0.6, 1.4), bias=0.3):
+    out = []
+    if affine:
+        out += [(f"{prefix}.weight", (c,), ("uniform", weight[0], weight[1])),
+                (f"{prefix}.bias", (c,), ("uniform", -bias, bias))]
+    out += [(f"{prefix}.running_mean", (c,), ("uniform", -mean, mean)),
+            (f"{prefix}.running_var", (c,), ("uniform", var[0], var[1])),
+            (f"{prefix}.num_batches_tracked", (), ("count", FSG_COUNT))]
+    return out
+
+
+def _fsg_attribute_block(p):
+    return (_torch_bn(f"{p}.normalize", FSG_C)
+            + _conv(f"{p}.conv1x1", FSG_C, FSG_C, 1, 1, gain=RELU_GAIN)
+            + _conv(f"{p}.conv3x3", FSG_C, FSG_C, 3, 3, gain=FSG_BRANCH_GAIN, bias=False))
+
+
+def _fsg_identity_block(p):
+    return (_torch_bn(f"{p}.normalize", FSG_C, affine=False)
+            + [(f"{p}.fc_mean.weight", (FSG_C, FSG_EMB), ("normal", 0.3)),
+               (f"{p}.fc_mean.bias", (FSG_C,), ("uniform", -0.2, 0.2)),
+               (f"{p}.fc_var.weight", (FSG_C, FSG_EMB), ("normal", 0.5)),
+               (f"{p}.fc_var.bias", (FSG_C,), ("uniform", 0.5, 1.5))]
+            + _conv(f"{p}.conv1x1", FSG_C, FSG_C, 1, 1, gain=RELU_GAIN)
+            + _conv(f"{p}.conv3x3", FSG_C, FSG_C, 3, 3, gain=FSG_BRANCH_GAIN, bias=False))
+
+
+def _fsg_down(p):
+    return _torch_bn(f"{p}.normalize", FSG_C) + _conv(f"{p}.conv", FSG_C, FSG_C, 4, 4, gain=RELU_GAIN, bias=False)
+
+
+def _fsg_up(p):
+    return _torch_bn(f"{p}.normalize", FSG_C) + _conv(f"{p}.conv", FSG_C, FSG_C, 3, 3, gain=FSG_UP_GAIN, bias=False)
+
+
+def _fsg_decoder_block(p):
+    return ([(f"{p}.conv_attention.weight", (1, FSG_C, 1, 1), ("normal", FSG_ATT_GAIN / np.sqrt(FSG_C))),
+             (f"{p}.conv_attention.bias", (1,), ("uniform", 0.2, 0.8))]
+            + _fsg_attribute_block(f"{p}.basic_block"))
+
+
+def _fsg_head(p):
+    return _conv(f"{p}.conv", 3, FSG_C, 3, 3, gain=FSG_HEAD_GAIN)
+
+
+def mobilefsgan_spec():
+    """The 365 (name, shape, init) of the EncoderDecoder(64, 512) state dict, in its order."""
+    s = (_conv("encoder_head.conv_image", FSG_C, 3, 3, 3, gain=RELU_GAIN)
+         + _conv("encoder_head.conv1x1", FSG_C, FSG_C, 1, 1, gain=RELU_GAIN)
+         + _conv("encoder_head.conv3x3", FSG_C, FSG_C, 3, 3, gain=1.0, bias=False))
+    ie = "identity_encoder"
+    s += _fsg_identity_block(f"{ie}.b256_down")
+    for lvl in (128, 64, 32, 16, 8):
+        s += _fsg_down(f"{ie}.down{lvl}") + _fsg_identity_block(f"{ie}.b{lvl}_down")
+    for lvl in (16, 32, 64):
+        s += _fsg_up(f"{ie}.up{lvl}") + _fsg_identity_block(f"{ie}.b{lvl}_up")
+    ae = "attribute_encoder"
+    s += _fsg_attribute_block(f"{ae}.b256_1") + _fsg_attribute_block(f"{ae}.b256_2")
+    s += _fsg_down(f"{ae}.downsample128")
+    for k in (1, 2, 3):
+        s += _fsg_attribute_block(f"{ae}.b128_{k}")
+    s += _fsg_down(f"{ae}.downsample64")
+    for k in (1, 2, 3, 4):
+        s += _fsg_attribute_block(f"{ae}.b64_{k}")
+    d = "decoder"
+    for k in (4, 3, 2, 1, 0):
+        s += _fsg_decoder_block(f"{d}.b64_{k}")
+    s += _fsg_head(f"{d}.image64_output") + _fsg_up(f"{d}.up128")
+    for k in (3, 2, 1, 0):
+        s += _fsg_decoder_block(f"{d}.b128_{k}")
+    s += _fsg_head(f"{d}.image128_output") + _fsg_up(f"{d}.up256")
+    for k in (2, 1, 0):
+        s += _fsg_decoder_block(f"{d}.b256_{k}")
+    s += _fsg_head(f"{d}.image256_output")
+    assert len(s) == 365, len(s)
+    return s
+
+
+def _mfn_bn(prefix, c):
+    return _torch_bn(prefix, c, mean=0.3, var=(0.5, 1.5), weight=(0.8, 1.2), bias=0.2)
+
+
+def _mfn_conv_block(p, cin, cout, k, groups=1):
+    return (_conv(f"{p}.conv", cout, cin // groups, k, k, gain=RELU_GAIN, bias=False) + _mfn_bn(f"{p}.bn", cout)
+            + [(f"{p}.prelu.weight", (cout,), ("uniform", 0.15, 0.35))])
+
+
+def _mfn_linear_block(p, cin, cout, k, groups=1, gain=1.0):
+    return _conv(f"{p}.conv", cout, cin // groups, k, k, gain=gain, bias=False) + _mfn_bn(f"{p}.bn", cout)
+
+
+def _mfn_depth_wise(p, cin, cout, groups, gain=1.0):
+    return (_mfn_conv_block(f"{p}.conv", cin, groups, 1)
+            + _mfn_conv_block(f"{p}.conv_dw", groups, groups, 3, groups=groups)
+            + _mfn_linear_block(f"{p}.project", groups, cout, 1, gain=gain))
+
+
+def mobilefacenet512_spec():
+    """The 333 (name, shape, init) of TreB1eN's MobileFaceNet(512) state dict, in its order."""
+    s = _mfn_conv_block("conv1", 3, 64, 3) + _mfn_conv_block("conv2_dw", 64, 64, 3, groups=64)
+    s += _mfn_depth_wise("conv_23", 64, 64, 128)
+    for name, c, n, g in (("conv_3", 64, 4, 128), ("conv_34", None, None, None), ("conv_4", 128, 6, 256),
+                          ("conv_45", None, None, None), ("conv_5", 128, 2, 256)):
+        if name == "conv_34":
+            s += _mfn_depth_wise("conv_34", 64, 128, 256)
+        elif name == "conv_45":
+            s += _mfn_depth_wise("conv_45", 128, 128, 512)
+        else:
+            for b in range(n):
+                s += _mfn_depth_wise(f"{name}.model.{b}", c, c, g, gain=0.7 / np.sqrt(n))
+    s += _mfn_conv_block("conv_6_sep", 128, 512, 1)
+    s += _mfn_linear_block("conv_6_dw", 512, 512, 7, groups=512)
+    s += [("linear.weight", (512, 512), ("normal", 1.0 / np.sqrt(512)))]
+    s += _mfn_bn("bn", 512)
+    assert len(s) == 333, len(s)
+    return s
+
+
 def generate(spec, seed):
-    """dict name -> float32 ndarray (fp16-exact values), drawn in spec order from RandomState(seed)."""
+    """dict name -> float32 ndarray (fp16-exact values), drawn in spec order from RandomState(seed);
+    ``("count", n)`` entries are int64 scalars (no draw)."""
     rs = np.random.RandomState(seed)
     out = {}
     for name, shape, init in spec:
         assert name not in out, name
+        if init[0] == "count":
+            out[name] = np.array(init[1], dtype=np.int64)
+            continue
         if init[0] == "normal":
             v = rs.standard_normal(shape) * init[1]
         elif init[0] == "uniform":
@@ -417,6 +580,92 @@ class _Dtype:
         self.byteorder = "|" if dt.itemsize == 1 else "<"
 
 
+# --------------------------------------------------------------------------------------------
+# deterministic torch zip checkpoint writer (what ``torch.save(state_dict, f)`` writes, minus its
+# 64-byte record alignment and serialization id, which no reader needs)
+
+
+def _torch_pickle(state):
+    """Protocol-2 ``data.pkl`` of an OrderedDict name -> tensor; every tensor is
+    ``torch._utils._rebuild_tensor_v2(persistent_id(('storage', torch.FloatStorage | LongStorage,
+    key, 'cpu', numel)), 0, size, stride, False, OrderedDict())`` over its own storage ``key``."""
+    out = bytearray(b"\x80\x02")
+
+    def glob(module, name):
+        out.extend(b"c" + module.encode() + b"\n" + name.encode() + b"\n")
+
+    def string(v):
+        b = v.encode("utf-8")
+        out.extend(b"X" + struct.pack("<I", len(b)) + b)
+
+    def integer(v):
+        assert 0 <= v < 2 ** 31, v
+        out.extend(b"J" + struct.pack("<i", v))
+
+    def int_tuple(t):
+        out.extend(b"(")
+        for v in t:
+            integer(v)
+        out.extend(b"t")
+
+    glob("collections", "OrderedDict")
+    out.extend(b")R")
+    storages = []
+    if state:
+        out.extend(b"(")
+        for key, (name, a) in enumerate(state.items()):
+            string(name)
+            glob("torch._utils", "_rebuild_tensor_v2")
+            out.extend(b"(")
+            out.extend(b"(")  # persistent id tuple
+            string("storage")
+            glob("torch", {np.dtype(np.float32): "FloatStorage", np.dtype(np.int64): "LongStorage"}[a.dtype])
+            string(str(key))
+            string("cpu")
+            integer(a.size)
+            out.extend(b"tQ")
+            integer(0)
+            int_tuple(a.shape)
+            int_tuple(tuple(int(np.prod(a.shape[i + 1:], dtype=np.int64)) for i in range(a.ndim)))
+            out.extend(b"\x89")  # requires_grad False
+            glob("collections", "OrderedDict")
+            out.extend(b")R")
+            out.extend(b"tR")
+            storages.append((str(key), np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<")).tobytes()))
+        out.extend(b"u")
+    out.extend(b".")
+    return bytes(out), storages
+
+
+def _zip_stored(files):
+    """A zip archive (no compression, fixed 1980-01-01 timestamps) of (name, bytes), byte for byte
+    the same on every Python version."""
+    import zlib
+
+    body, central = bytearray(), bytearray()
+    date, time_ = (0 << 9) | (1 << 5) | 1, 0
+    for name, data in files:
+        n = name.encode()
+        crc = zlib.crc32(data) & 0xFFFFFFFF
+        offset = len(body)
+        body += struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 0, time_, date, crc, len(data), len(data), len(n), 0)
+        body += n + data
+        central += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, (3 << 8) | 20, 20, 0, 0, time_, date, crc,
+                               len(data), len(data), len(n), 0, 0, 0, 0, 0o100644 << 16, offset)
+        central += n
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(files), len(files), len(central), len(body), 0)
+    return bytes(body + central + end)
+
+
+def torch_dumps(state, prefix="archive"):
+    """The bytes of a torch zip checkpoint of `state` (dict name -> float32/int64 ndarray)."""
+    pkl, storages = _torch_pickle(state)
+    files = [(f"{prefix}/data.pkl", pkl), (f"{prefix}/byteorder", b"little")]
+    files += [(f"{prefix}/data/{k}", raw) for k, raw in storages]
+    files.append((f"{prefix}/version", b"3\n"))
+    return _zip_stored(files)
+
+
 def paddle_dumps(state, structured_names=False, numpy_core="numpy.core.multiarray"):
     """The .pdparams bytes of `state` (dict name -> float32 ndarray)."""
     obj = dict(state)
@@ -428,7 +677,14 @@ def paddle_dumps(state, structured_names=False, numpy_core="numpy.core.multiarra
 # --------------------------------------------------------------------------------------------
 
 
+TORCH_MODELS = ("mobilefsgan", "mobilefacenet")
+
+
 def build(model, seed, depths=(1, 1, 1, 1)):
+    if model == "mobilefsgan":
+        return generate(mobilefsgan_spec(), seed)
+    if model == "mobilefacenet":
+        return generate(mobilefacenet512_spec(), seed)
     if model == "mobilefaceswap":
         return generate(mobilefaceswap_spec(), seed)
     if model == "arcface":
@@ -438,7 +694,11 @@ def build(model, seed, depths=(1, 1, 1, 1)):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", required=True, choices=["mobilefaceswap", "arcface"])
+    ap.add_argument("--model", required=True,
+                    choices=["mobilefaceswap", "arcface", "mobilefsgan", "mobilefacenet"],
+                    help="mobilefaceswap, arcface: Paddle .pdparams; mobilefsgan (generator, keys "
+                         "prefixed 'module.' as main.py's DDP checkpoints), mobilefacenet (512-d identity "
+                         "model): PyTorch zip .pth")
     ap.add_argument("--arcface-depths", default="1,1,1,1",
                     help="blocks per stage, comma separated (official: 3,4,23,3)")
     ap.add_argument("--seed", type=int, required=True)
@@ -450,7 +710,13 @@ def main(argv=None):
     if len(depths) != 4 or min(depths) < 1:
         ap.error("--arcface-depths needs four positive integers")
     state = build(args.model, args.seed, depths)
-    data = paddle_dumps(state, args.structured_names)
+    if args.model in TORCH_MODELS:
+        if args.structured_names:
+            ap.error("--structured-names is for Paddle checkpoints")
+        prefix = "module." if args.model == "mobilefsgan" else ""
+        data = torch_dumps({prefix + k: v for k, v in state.items()})
+    else:
+        data = paddle_dumps(state, args.structured_names)
     with open(args.out, "wb") as f:
         f.write(data)
     n = sum(v.size for v in state.values())

@@ -681,6 +681,54 @@ impl<'c> Graph<'c> {
             (2 * s.h, 2 * s.w),
         )
     }
+
+    /// The same elements in the same logical (NCHW) order under another shape, e.g. a Linear
+    /// output `[N, 1, 1, C·H·W]` as `[N, C, H, W]`. Rows are padded to quads, so it is a copy
+    /// (through f32, exact for fp16), not a view; its backward is the inverse copy.
+    pub fn reshape(&mut self, x: Var, shape: Shape) -> Result<Var> {
+        let xs = self.shape(x);
+        if shape.numel() != xs.numel() {
+            return Err(Error::shape(
+                "graph reshape",
+                format!(
+                    "{:?} has {} elements, {:?} has {}",
+                    xs.dims(),
+                    xs.numel(),
+                    shape.dims(),
+                    shape.numel()
+                ),
+            ));
+        }
+        let y = self.output(shape, "reshape", &[x], &[])?;
+        let scratch = crate::kernels::conv_grad::f32_storage(self.ctx, "reshape", xs.numel())?;
+        let mut fwd = Plan::default();
+        fwd.push(cast::to_f32(self.ctx, self.tensor(x), &scratch, 0, None)?);
+        fwd.push(cast::to_half(self.ctx, &scratch, 0, self.tensor(y), None)?);
+        self.push_node(Box::new(ReshapeNode { x, y }), fwd);
+        Ok(y)
+    }
+}
+
+/// A copy into another shape (same logical order).
+struct ReshapeNode {
+    x: Var,
+    y: Var,
+}
+
+impl Node for ReshapeNode {
+    fn output(&self) -> Var {
+        self.y
+    }
+    fn backward(&self, b: &mut Backward<'_>, dy: &Tensor) -> Result<()> {
+        if let Some(dx) = b.grad_for(self.x)? {
+            let s = b.scratch_f32("reshape grad", dy.shape().numel())?;
+            let d = cast::to_f32(b.ctx, dy, &s, 0, None)?;
+            b.push(d);
+            let d = cast::to_half(b.ctx, &s, 0, &dx, None)?;
+            b.push(d);
+        }
+        Ok(())
+    }
 }
 
 /// PReLU with learned slopes.

@@ -57,6 +57,8 @@ pub struct Graph<'c> {
     by_name: HashMap<String, ParamId>,
     forward: Plan,
     sync: Plan,
+    /// The parameter each sync dispatch reads, in order.
+    sync_params: Vec<ParamId>,
     /// Batch-norm statistics for layers added from now on.
     pub norm_mode: NormMode,
 }
@@ -87,6 +89,7 @@ impl<'c> Graph<'c> {
             by_name: HashMap::new(),
             forward: Plan::default(),
             sync: Plan::default(),
+            sync_params: Vec::new(),
             norm_mode: NormMode::Eval,
         }
     }
@@ -146,6 +149,19 @@ impl<'c> Graph<'c> {
         &self.sync
     }
 
+    /// The sync dispatches of parameters that can change between steps: trainable weights and
+    /// buffers (running statistics). Frozen weights need [`Graph::sync`] once, not every step.
+    pub fn sync_changing(&self) -> Plan {
+        let mut plan = Plan::default();
+        for (d, p) in self.sync.dispatches.iter().zip(&self.sync_params) {
+            let p = &self.params[p.0];
+            if p.trainable || p.kind == ParamKind::Buffer {
+                plan.push(d.clone());
+            }
+        }
+        plan
+    }
+
     /// The parameters, in creation order.
     pub fn params(&self) -> &[Param] {
         &self.params
@@ -166,6 +182,16 @@ impl<'c> Graph<'c> {
     pub fn freeze(&mut self, prefix: &str) {
         for p in &mut self.params {
             if p.name.starts_with(prefix) && p.kind == ParamKind::Weight {
+                p.trainable = false;
+            }
+        }
+    }
+
+    /// Freezes every parameter added after the first `count` (a frozen network built after the
+    /// trained one, whatever its names).
+    pub fn freeze_from(&mut self, count: usize) {
+        for p in self.params.iter_mut().skip(count) {
+            if p.kind == ParamKind::Weight {
                 p.trainable = false;
             }
         }
@@ -223,11 +249,6 @@ impl<'c> Graph<'c> {
         for p in params {
             self.params[p.0].uses += 1;
         }
-    }
-
-    /// Adds dispatches to the sync plan.
-    fn push_sync(&mut self, plan: Plan) {
-        self.sync.extend(plan);
     }
 
     /// Binds the backward for seeds `(value, dL/dvalue)`: the plan that, run after the forward,
@@ -296,9 +317,8 @@ impl<'c> Graph<'c> {
         transpose: Option<cast::Transpose>,
     ) -> Result<()> {
         let d = cast::to_half(self.ctx, &self.params[p.0].value, 0, dst, transpose)?;
-        let mut plan = Plan::default();
-        plan.push(d);
-        self.push_sync(plan);
+        self.sync.push(d);
+        self.sync_params.push(p);
         Ok(())
     }
 
@@ -306,9 +326,8 @@ impl<'c> Graph<'c> {
     fn sync_f32(&mut self, p: ParamId, dst: &wgpu::Buffer, offset: usize) -> Result<()> {
         let src = &self.params[p.0];
         let d = cast::copy_f32(self.ctx, &src.value, 0, dst, offset, src.len)?;
-        let mut plan = Plan::default();
-        plan.push(d);
-        self.push_sync(plan);
+        self.sync.push(d);
+        self.sync_params.push(p);
         Ok(())
     }
 }

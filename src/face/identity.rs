@@ -4,7 +4,7 @@
 
 use super::align::{arcface_template, invert, lstsq_affine};
 use crate::error::Result;
-use crate::gpu::{Context, Plan};
+use crate::gpu::{Context, Dispatch, Plan};
 use crate::kernels::concat::copy_channels;
 use crate::kernels::eltwise::{Eltwise, EltwiseOp};
 use crate::kernels::resample::Resample;
@@ -39,20 +39,7 @@ pub fn source_identity(
     let inj = Injection::new(ctx, mobilefaceswap)?;
     let mut plan = Plan::default();
     plan.push(warp.dispatch().clone());
-    plan.push(
-        Resample::Bilinear {
-            align_corners: false,
-        }
-        .bind(ctx, &crop, &small)?,
-    );
-    let normalise = EltwiseOp::new(
-        Eltwise::Affine {
-            scale: STD.iter().map(|s| 1.0 / s).collect(),
-            shift: MEAN.iter().zip(STD).map(|(m, s)| -m / s).collect(),
-        },
-        Activation::None,
-    )?;
-    plan.push(normalise.bind(ctx, &small, None, None, &net.input)?);
+    plan.extend(arcface_input(ctx, &crop, &small, &net.input)?);
     plan.extend(net.plan.clone());
     plan.push(copy_channels(ctx, &net.embedding, &inj.embedding, 0)?);
     plan.push(copy_channels(ctx, &net.feature_map, &inj.feature_map, 0)?);
@@ -60,4 +47,29 @@ pub fn source_identity(
     plan.run(ctx)?;
     ctx.wait()?;
     Ok((inj.identity, net.embedding))
+}
+
+/// ArcFace's input from 224² crops in [0, 1] (`[N, 3, 224, 224]`): bilinear to 112 (half-pixel
+/// centres) into `small`, then the ImageNet normalisation into `input`. Two dispatches.
+pub fn arcface_input(
+    ctx: &Context,
+    crops: &Tensor,
+    small: &Tensor,
+    input: &Tensor,
+) -> Result<Vec<Dispatch>> {
+    let resize = Resample::Bilinear {
+        align_corners: false,
+    }
+    .bind(ctx, crops, small)?;
+    let (scale, shift) = normalisation();
+    let normalise = EltwiseOp::new(Eltwise::Affine { scale, shift }, Activation::None)?;
+    Ok(vec![resize, normalise.bind(ctx, small, None, None, input)?])
+}
+
+/// The ImageNet normalisation as a per-channel affine `x·scale + shift` on [0, 1] values.
+pub fn normalisation() -> (Vec<f32>, Vec<f32>) {
+    (
+        STD.iter().map(|s| 1.0 / s).collect(),
+        MEAN.iter().zip(STD).map(|(m, s)| -m / s).collect(),
+    )
 }

@@ -1,7 +1,9 @@
 //! The face pipeline: detection, landmarks, alignment, paste-back.
 
 pub mod align;
+pub mod convert;
 pub mod detect;
+pub mod faceset;
 pub mod identity;
 pub mod landmarks;
 pub mod paste;

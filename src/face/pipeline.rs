@@ -1,23 +1,39 @@
 //! The face pipeline over whole images: find faces (FaceBoxes → 3DDFA landmarks), choose which to
-//! swap, swap them (one [`PasteStage`] per face, chained through ping-pong frame tensors, all in one
+//! swap, swap them (one stage per face, chained through ping-pong frame tensors, all in one
 //! submit), and report identity similarity under MobileFaceNet-128.
+//!
+//! Two swap networks ([`SourceIdentity`]):
+//! - MobileFaceSwap: a [`PasteStage`] per face (224 ArcFace template, the IDN, its own mask
+//!   post-processed as the official `dealign`);
+//! - MobileFSGAN: the 256 template of [`fsgan_template`]; per face, warp in, map to [−1, 1], the
+//!   generator (one, shared by the faces of a frame: they run one after another), back to [0, 1],
+//!   optional colour match, and paste back under the soft face ellipse of [`fsgan_mask`]. The
+//!   source identity comes from [`fsgan_identity_from_image`] (MobileFaceNet-512 on the source's
+//!   [26:230] crop resized to 112, then the σ(e)/μ(e) injection, once).
 
 use std::path::{Path, PathBuf};
 
 use image::RgbImage;
 
 use super::align::umeyama;
-use super::align::{arcface_template, invert, lstsq_affine};
+use super::align::{arcface_template, invert, lstsq_affine, ARCFACE_112};
 use super::detect::{detect, Detection};
 use super::landmarks::{landmarks_batch, landmarks_rois, FaceLandmarks, Roi};
 use super::paste::{PasteOptions, PasteStage};
 use crate::error::{Error, Result};
 use crate::gpu::{Context, Plan};
+use crate::kernels::colour::mean_shift;
+use crate::kernels::concat::copy_channels;
+use crate::kernels::eltwise::{Eltwise, EltwiseOp};
+use crate::kernels::fusion::fusion;
 use crate::kernels::warp::Warp;
+use crate::kernels::Activation;
 use crate::media::image as img_io;
 use crate::models::faceboxes::FaceBoxes;
 use crate::models::mobilefacenet::{self, MobileFaceNet};
+use crate::models::mobilefacenet512::{CropResize, MobileFaceNet512};
 use crate::models::mobilefaceswap::{statics, Identity};
+use crate::models::mobilefsgan::{self, Generator, Injection};
 use crate::models::tddfa::{Bfm, Tddfa};
 use crate::tensor::{Shape, Tensor};
 use crate::weights::Weights;
@@ -30,6 +46,8 @@ pub const FILES: &[(&str, &str)] = &[
     ("mobilefacenet128.safetensors", "tools/export.py mobilefacenet_128.pt mobilefacenet128.safetensors --model mobilefacenet128"),
     ("arcface.safetensors", "tools/export.py arcface.pdparams arcface.safetensors --model arcface"),
     ("mobilefaceswap.safetensors", "tools/export.py MobileFaceSwap_224.pdparams mobilefaceswap.safetensors --model mobilefaceswap"),
+    ("mobilefsgan.safetensors", "tools/export.py 199_G.pth mobilefsgan.safetensors --model mobilefsgan"),
+    ("mobilefacenet.safetensors", "tools/export.py RGB_model_mobilefacenet.pth mobilefacenet.safetensors --model mobilefacenet"),
 ];
 
 /// Loads `DIR/NAME`, or explains which file is missing and how to make it.
@@ -222,11 +240,196 @@ impl Align {
         }
     }
 
-    /// The frame → crop matrix for 5 landmarks and a crop of `size`.
+    /// The frame → crop matrix for 5 landmarks and a crop of `size` (the ArcFace template scaled).
     pub fn fit(self, pts: &[[f64; 2]; 5], size: usize) -> Result<super::align::Affine> {
+        self.fit_to(pts, &arcface_template(size))
+    }
+
+    /// The frame → crop matrix for 5 landmarks and a 5-point `template` in crop pixels.
+    pub fn fit_to(
+        self,
+        pts: &[[f64; 2]; 5],
+        template: &[[f64; 2]; 5],
+    ) -> Result<super::align::Affine> {
         match self {
-            Align::Affine => lstsq_affine(pts, &arcface_template(size)),
-            Align::Similarity => umeyama(pts, &arcface_template(size)),
+            Align::Affine => lstsq_affine(pts, template),
+            Align::Similarity => umeyama(pts, template),
+        }
+    }
+}
+
+/// MobileFSGAN's 256 crop template (mobilefsgan.md §4, inferred: the repo has no alignment code):
+/// the ArcFace 112 template scaled by 204/112 and shifted by 26 px, so the identity model's crop
+/// `[26:230]` is exactly the ArcFace crop; the mouth centre lands at (128, 194).
+pub fn fsgan_template() -> [[f64; 2]; 5] {
+    let k = 204.0 / 112.0;
+    ARCFACE_112.map(|[x, y]| [x * k + 26.0, y * k + 26.0])
+}
+
+/// The paste mask of MobileFSGAN swaps (the network has none): a soft ellipse over the face in the
+/// 256 crop, centre [`FSGAN_MASK`]`.0`, semi-axes `.1`, 1 inside `FSGAN_MASK.2` of the radius and
+/// falling to 0 at the edge (smoothstep), 0 outside; `[256 × 256]`, computed once on the host.
+pub fn fsgan_mask() -> Vec<f32> {
+    let ((cx, cy), (ax, ay), inner) = FSGAN_MASK;
+    let n = mobilefsgan::SIZE;
+    let mut out = Vec::with_capacity(n * n);
+    for y in 0..n {
+        for x in 0..n {
+            let (dx, dy) = ((x as f64 - cx) / ax, (y as f64 - cy) / ay);
+            let r = (dx * dx + dy * dy).sqrt();
+            let t = ((1.0 - r) / (1.0 - inner)).clamp(0.0, 1.0);
+            out.push((t * t * (3.0 - 2.0 * t)) as f32);
+        }
+    }
+    out
+}
+
+/// The face ellipse of [`fsgan_mask`]: centre (x, y), semi-axes (x, y) in 256-crop pixels, and the
+/// fraction of the radius inside which the mask is 1. Eyebrows (y ≈ 66) to chin (y ≈ 234), cheek to
+/// cheek (x ≈ 58 to 198) for the template of [`fsgan_template`] (eyes at y ≈ 120, mouth at 194).
+pub const FSGAN_MASK: ((f64, f64), (f64, f64), f64) = ((128.0, 150.0), (70.0, 84.0), 0.8);
+
+/// The source identity a [`FrameSwapper`] swaps in, with the swap network it belongs to.
+pub enum SourceIdentity {
+    /// MobileFaceSwap: the IDN's injected kernels and its static `final.*` / `mask.*` weights.
+    MobileFaceSwap {
+        /// The injected kernels.
+        identity: Identity,
+        /// `final.*` and `mask.*`.
+        statics: Weights,
+    },
+    /// MobileFSGAN: the generator's weights and the injection holding the source's σ(e), μ(e).
+    MobileFsgan {
+        /// The generator checkpoint (`weights/mobilefsgan.json`).
+        generator: Weights,
+        /// The conditioning, already run on the source embedding.
+        injection: Injection,
+    },
+}
+
+/// MobileFSGAN's per-face GPU work, shared by every face of a frame (faces are swapped one after
+/// another, so one generator and its activations serve them all).
+struct FsganCore {
+    /// `[1, 3, 256, 256]` the aligned crop in [0, 1] (each face's warp writes it).
+    crop: Tensor,
+    /// The swapped crop in [0, 1] (colour-matched when asked).
+    face: Tensor,
+    /// `[1, 1, 256, 256]` the constant paste mask.
+    mask: Tensor,
+    /// Frame-size warps of `face` and `mask`.
+    gen_full: Tensor,
+    mask_full: Tensor,
+    /// crop → [−1, 1] → generator → [0, 1] (→ colour match): 126 dispatches (127 with --colour-match).
+    plan: Plan,
+}
+
+impl FsganCore {
+    fn new(
+        ctx: &Context,
+        generator: &Weights,
+        injection: &Injection,
+        frame: Shape,
+        options: PasteOptions,
+    ) -> Result<Self> {
+        let n = mobilefsgan::SIZE;
+        let g = Generator::new(ctx, generator, &injection.style, 1, n, n)?;
+        let crop = Tensor::new(ctx, Shape::new(1, 3, n, n), "fsgan crop")?;
+        let mut plan = Plan::default();
+        let affine = |scale: f32, shift: f32| {
+            EltwiseOp::new(
+                Eltwise::Affine {
+                    scale: vec![scale],
+                    shift: vec![shift],
+                },
+                Activation::None,
+            )
+        };
+        plan.push(affine(2.0, -1.0)?.bind(ctx, &crop, None, None, &g.target)?);
+        plan.extend(g.plan.clone());
+        let swapped = Tensor::new(ctx, crop.shape(), "fsgan swapped")?;
+        plan.push(affine(0.5, 0.5)?.bind(ctx, &g.images256, None, None, &swapped)?);
+        let mask = Tensor::from_f32(ctx, Shape::new(1, 1, n, n), &fsgan_mask(), "fsgan mask")?;
+        let face = if options.colour_match {
+            let matched = Tensor::new(ctx, crop.shape(), "fsgan colour matched")?;
+            plan.push(mean_shift(ctx, &crop, &swapped, &mask, &matched)?);
+            matched
+        } else {
+            swapped
+        };
+        Ok(FsganCore {
+            crop,
+            face,
+            mask,
+            gen_full: Tensor::new(ctx, frame, "fsgan swapped in frame")?,
+            mask_full: Tensor::new(
+                ctx,
+                Shape::new(frame.n, 1, frame.h, frame.w),
+                "fsgan mask in frame",
+            )?,
+            plan,
+        })
+    }
+}
+
+/// One face's MobileFSGAN swap into a frame: warp in, the shared core, warp back, composite.
+struct FsganStage {
+    warp_in: Warp,
+    warp_gen: Warp,
+    warp_mask: Warp,
+    plan: Plan,
+}
+
+impl FsganStage {
+    fn new(ctx: &Context, core: &FsganCore, frame: &Tensor, out: &Tensor) -> Result<Self> {
+        let warp_in = Warp::new(ctx, frame, &core.crop)?;
+        let warp_gen = Warp::new(ctx, &core.face, &core.gen_full)?;
+        let warp_mask = Warp::new(ctx, &core.mask, &core.mask_full)?;
+        let mut plan = Plan::default();
+        plan.push(warp_in.dispatch().clone());
+        plan.extend(core.plan.clone());
+        plan.push(warp_gen.dispatch().clone());
+        plan.push(warp_mask.dispatch().clone());
+        plan.push(fusion(
+            ctx,
+            &core.gen_full,
+            frame,
+            &core.mask_full,
+            false,
+            out,
+        )?);
+        Ok(FsganStage {
+            warp_in,
+            warp_gen,
+            warp_mask,
+            plan,
+        })
+    }
+
+    fn set_alignment(&self, ctx: &Context, m: &super::align::Affine) -> Result<()> {
+        self.warp_in.set(ctx, &[(invert(m)?, 0)])?;
+        self.warp_gen.set(ctx, &[(*m, 0)])?;
+        self.warp_mask.set(ctx, &[(*m, 0)])
+    }
+}
+
+/// One face's stage of either network.
+enum Stage {
+    MobileFaceSwap(PasteStage),
+    MobileFsgan(FsganStage),
+}
+
+impl Stage {
+    fn plan(&self) -> &Plan {
+        match self {
+            Stage::MobileFaceSwap(s) => &s.plan,
+            Stage::MobileFsgan(s) => &s.plan,
+        }
+    }
+
+    fn set_alignment(&self, ctx: &Context, m: &super::align::Affine) -> Result<()> {
+        match self {
+            Stage::MobileFaceSwap(s) => s.set_alignment(ctx, m),
+            Stage::MobileFsgan(s) => s.set_alignment(ctx, m),
         }
     }
 }
@@ -235,10 +438,14 @@ impl Align {
 /// built once and reused for every frame of that size.
 pub struct FrameSwapper {
     frames: Vec<Tensor>,
-    stages: Vec<PasteStage>,
+    stages: Vec<Stage>,
     /// `plans[k]`: the first `k + 1` stages in one plan, built once.
     plans: Vec<Plan>,
     align: Align,
+    /// The crop template the landmarks are fitted to.
+    template: [[f64; 2]; 5],
+    /// MobileFSGAN's shared per-face work (kept alive with the stages that record it).
+    _core: Option<FsganCore>,
 }
 
 impl FrameSwapper {
@@ -275,6 +482,51 @@ impl FrameSwapper {
         align: Align,
         options: PasteOptions,
     ) -> Result<Self> {
+        Self::build(
+            ctx,
+            Model::MobileFaceSwap(identity, statics_w),
+            width,
+            height,
+            max_faces,
+            align,
+            options,
+        )
+    }
+
+    /// A chain for either network's source identity (MobileFSGAN: its 256 template, the
+    /// generator run once per face, a soft face-ellipse paste mask).
+    #[allow(clippy::too_many_arguments)]
+    pub fn for_identity(
+        ctx: &Context,
+        identity: &SourceIdentity,
+        width: usize,
+        height: usize,
+        max_faces: usize,
+        align: Align,
+        options: PasteOptions,
+    ) -> Result<Self> {
+        let model = match identity {
+            SourceIdentity::MobileFaceSwap { identity, statics } => {
+                Model::MobileFaceSwap(identity, statics)
+            }
+            SourceIdentity::MobileFsgan {
+                generator,
+                injection,
+            } => Model::MobileFsgan(generator, injection),
+        };
+        Self::build(ctx, model, width, height, max_faces, align, options)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        ctx: &Context,
+        model: Model,
+        width: usize,
+        height: usize,
+        max_faces: usize,
+        align: Align,
+        options: PasteOptions,
+    ) -> Result<Self> {
         let frames = (0..2)
             .map(|i| {
                 img_io::frame_tensor(
@@ -289,29 +541,51 @@ impl FrameSwapper {
         let mut stages = Vec::new();
         let mut all = vec![input];
         all.extend(frames);
+        let core = match &model {
+            Model::MobileFsgan(generator, injection) => Some(FsganCore::new(
+                ctx,
+                generator,
+                injection,
+                all[0].shape(),
+                options,
+            )?),
+            Model::MobileFaceSwap(..) => None,
+        };
         for i in 0..max_faces.max(1) {
             let (src, dst) = (
                 &all[if i == 0 { 0 } else { 1 + (i + 1) % 2 }],
                 &all[1 + i % 2],
             );
-            stages.push(PasteStage::with_options(
-                ctx, identity, statics_w, src, dst, options,
-            )?);
+            stages.push(match (&model, &core) {
+                (Model::MobileFaceSwap(identity, statics_w), _) => Stage::MobileFaceSwap(
+                    PasteStage::with_options(ctx, identity, statics_w, src, dst, options)?,
+                ),
+                (Model::MobileFsgan(..), Some(core)) => {
+                    Stage::MobileFsgan(FsganStage::new(ctx, core, src, dst)?)
+                }
+                (Model::MobileFsgan(..), None) => unreachable!("core built above"),
+            });
         }
         let plans = (0..stages.len())
             .map(|k| {
                 let mut plan = Plan::default();
                 stages[..=k]
                     .iter()
-                    .for_each(|st: &PasteStage| plan.extend(st.plan.clone()));
+                    .for_each(|st: &Stage| plan.extend(st.plan().clone()));
                 plan
             })
             .collect();
+        let template = match model {
+            Model::MobileFaceSwap(..) => arcface_template(crate::models::mobilefaceswap::SIZE),
+            Model::MobileFsgan(..) => fsgan_template(),
+        };
         Ok(FrameSwapper {
             frames: all,
             stages,
             plans,
             align,
+            template,
+            _core: core,
         })
     }
 
@@ -336,10 +610,7 @@ impl FrameSwapper {
         }
         img_io::upload(ctx, &self.frames[0], img)?;
         for (stage, pts) in self.stages.iter().zip(faces) {
-            stage.set_alignment(
-                ctx,
-                &self.align.fit(pts, crate::models::mobilefaceswap::SIZE)?,
-            )?;
+            stage.set_alignment(ctx, &self.align.fit_to(pts, &self.template)?)?;
         }
         Ok(faces.len().checked_sub(1).map(|k| &self.plans[k]))
     }
@@ -402,6 +673,84 @@ pub fn identity_from_image(
         &face.landmarks.pts5_f64(),
     )?;
     Ok((identity, face))
+}
+
+/// The network a [`FrameSwapper`] is built for (borrowed from a [`SourceIdentity`]).
+enum Model<'a> {
+    MobileFaceSwap(&'a Identity, &'a Weights),
+    MobileFsgan(&'a Weights, &'a Injection),
+}
+
+/// MobileFSGAN's source identity from a source image's largest face: aligned to the 256 template,
+/// cropped `[26:230]` and resized to 112 (bilinear, align_corners=True), mapped to [−1, 1], embedded
+/// by MobileFaceNet-512 and injected (σ(e), μ(e) of the 9 identity blocks), all on the GPU in one
+/// submit. `mobilefacenet` and `mobilefsgan` are the two models' weights.
+pub fn fsgan_identity_from_image(
+    ctx: &Context,
+    analyzer: &mut Analyzer,
+    mobilefacenet: &Weights,
+    mobilefsgan_w: &Weights,
+    source: &RgbImage,
+    source_path: &Path,
+) -> Result<(SourceIdentity, Face)> {
+    crate::weights::Manifest::builtin(mobilefsgan::MODEL)?.check(mobilefsgan_w)?;
+    let faces = analyzer.faces(ctx, source)?;
+    let face = faces
+        .into_iter()
+        .max_by(|a, b| a.area().total_cmp(&b.area()))
+        .ok_or_else(|| Error::Format {
+            path: source_path.display().to_string(),
+            detail: "no face found in the source image".into(),
+        })?;
+    let frame = img_io::frame_tensor(
+        ctx,
+        source.width() as usize,
+        source.height() as usize,
+        "source",
+    )?;
+    img_io::upload(ctx, &frame, source)?;
+    let n = mobilefsgan::SIZE;
+    let crop = Tensor::new(ctx, Shape::new(1, 3, n, n), "source crop 256")?;
+    let warp = Warp::new(ctx, &frame, &crop)?;
+    warp.set(
+        ctx,
+        &[(
+            invert(&lstsq_affine(
+                &face.landmarks.pts5_f64(),
+                &fsgan_template(),
+            )?)?,
+            0,
+        )],
+    )?;
+    let net = MobileFaceNet512::new(ctx, mobilefacenet, 1)?;
+    let small = Tensor::new(ctx, net.input.shape(), "source 112")?;
+    let resize = CropResize::new(ctx, &crop, &small)?;
+    let injection = Injection::new(ctx, mobilefsgan_w, 1)?;
+    let mut plan = Plan::default();
+    plan.push(warp.dispatch().clone());
+    plan.push(resize.dispatch().clone());
+    plan.push(
+        EltwiseOp::new(
+            Eltwise::Affine {
+                scale: vec![2.0],
+                shift: vec![-1.0],
+            },
+            Activation::None,
+        )?
+        .bind(ctx, &small, None, None, &net.input)?,
+    );
+    plan.extend(net.plan.clone());
+    plan.push(copy_channels(ctx, &net.embedding, &injection.embedding, 0)?);
+    plan.extend(injection.plan.clone());
+    plan.run(ctx)?;
+    ctx.wait()?;
+    Ok((
+        SourceIdentity::MobileFsgan {
+            generator: mobilefsgan_w.clone(),
+            injection,
+        },
+        face,
+    ))
 }
 
 /// MobileFaceNet-128 embeddings of faces (aligned to its 112 template) in an image.

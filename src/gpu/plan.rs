@@ -11,14 +11,22 @@ pub struct Plan {
     pub dispatches: Vec<Dispatch>,
 }
 
+impl IntoIterator for Plan {
+    type Item = Dispatch;
+    type IntoIter = std::vec::IntoIter<Dispatch>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.dispatches.into_iter()
+    }
+}
+
 impl Plan {
     /// Appends a launch.
     pub fn push(&mut self, d: Dispatch) {
         self.dispatches.push(d);
     }
-    /// Appends every launch of another plan.
-    pub fn extend(&mut self, other: Plan) {
-        self.dispatches.extend(other.dispatches);
+    /// Appends every launch of another plan (or any list of launches).
+    pub fn extend(&mut self, other: impl IntoIterator<Item = Dispatch>) {
+        self.dispatches.extend(other);
     }
     /// Number of dispatches per run.
     pub fn len(&self) -> usize {

@@ -29,6 +29,11 @@ pub struct ConvSpec {
     pub stride: (usize, usize),
     /// Padding on each side (y, x).
     pub pad: (usize, usize),
+    /// Extra zero padding at the end of each axis only (bottom, right), on top of `pad`:
+    /// TensorFlow / Keras `'same'` pads one more at the end than at the start when the total is
+    /// odd (kernel 5, stride 2, even input). Only the output size depends on it: every kernel
+    /// bounds its reads by the input size and its writes by the output size.
+    pub pad_extra: (usize, usize),
     /// Dilation (y, x).
     pub dilation: (usize, usize),
     /// Groups: 1 dense, `cin` depthwise.
@@ -46,10 +51,26 @@ impl ConvSpec {
             kernel: (k, k),
             stride: (s, s),
             pad: (pad, pad),
+            pad_extra: (0, 0),
             dilation: (1, 1),
             groups: 1,
             padding: Padding::Zero,
         }
+    }
+    /// TensorFlow / Keras `'same'` padding for a square kernel `k` at stride `s` on an input of
+    /// `h`×`w`: output `ceil(size / s)`, total padding `max((out − 1)·s + k − size, 0)`, the
+    /// smaller half before (`pad`) and the rest after (`pad + pad_extra`).
+    pub fn same(mut self, h: usize, w: usize) -> Self {
+        let split = |size: usize, k: usize, s: usize| -> (usize, usize) {
+            let out = size.div_ceil(s.max(1));
+            let total = ((out.max(1) - 1) * s + k).saturating_sub(size);
+            (total / 2, total - total / 2 - total / 2)
+        };
+        let (py, ey) = split(h, self.kernel.0, self.stride.0);
+        let (px, ex) = split(w, self.kernel.1, self.stride.1);
+        self.pad = (py, px);
+        self.pad_extra = (ey, ex);
+        self
     }
     /// A depthwise square convolution on `c` channels.
     pub fn depthwise(c: usize, k: usize, s: usize, pad: usize) -> Self {
@@ -142,6 +163,12 @@ impl ConvSpec {
                 format!("input has {} channels, conv expects {}", x.c, self.cin),
             ));
         }
+        if self.padding == Padding::Reflect && self.pad_extra != (0, 0) {
+            return Err(Error::param(
+                "conv",
+                "extra end padding is zero padding only (not reflect)",
+            ));
+        }
         if self.padding == Padding::Reflect && (self.pad.0 >= x.h || self.pad.1 >= x.w) {
             return Err(Error::param(
                 "conv",
@@ -157,14 +184,14 @@ impl ConvSpec {
         };
         match (
             out(
-                x.h,
+                x.h + self.pad_extra.0,
                 self.kernel.0,
                 self.stride.0,
                 self.pad.0,
                 self.dilation.0,
             ),
             out(
-                x.w,
+                x.w + self.pad_extra.1,
                 self.kernel.1,
                 self.stride.1,
                 self.pad.1,

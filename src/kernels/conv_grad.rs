@@ -33,6 +33,9 @@ const WEIGHT_TILE4: usize = 8;
 const MAX_CHUNKS: usize = 64;
 /// Target dY quads per chunk (4 per lane of a 64-lane workgroup) before the cap above applies.
 const CHUNK_QUADS: usize = 4 * WORKGROUP as usize;
+/// At most this many dY quads in all (batch included): dW takes the one-invocation-per-weight
+/// path (`grad_weight_small`), whose lanes never idle on tiny maps.
+const SMALL_QUADS: usize = 64;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -131,9 +134,18 @@ impl WeightGrad {
 pub struct ConvGrad {
     spec: ConvSpec,
     weights: wgpu::Buffer,
+    small_quads: usize,
 }
 
 impl ConvGrad {
+    /// Sets the largest dY size (in quads, batch included) whose dW takes the
+    /// one-invocation-per-weight path (default 64; 0 forces the tiled, chunked path; tests use it
+    /// to cover both).
+    pub fn small_weight_limit(mut self, quads: usize) -> Self {
+        self.small_quads = quads;
+        self
+    }
+
     /// Backward kernels for `spec` with f32 weights in PyTorch order `[cout, cin/groups, kh, kw]`
     /// (dX needs them; dW does not).
     pub fn new(ctx: &Context, spec: ConvSpec, weights: &[f32]) -> Result<Self> {
@@ -142,6 +154,7 @@ impl ConvGrad {
         let g = ConvGrad {
             spec,
             weights: weights_buf,
+            small_quads: SMALL_QUADS,
         };
         g.set_weights(ctx, weights)?;
         Ok(g)
@@ -163,7 +176,11 @@ impl ConvGrad {
                 ),
             ));
         }
-        Ok(ConvGrad { spec, weights })
+        Ok(ConvGrad {
+            spec,
+            weights,
+            small_quads: SMALL_QUADS,
+        })
     }
 
     /// Replaces the weights (queued: lands at the next submit), e.g. after an optimiser step done
@@ -297,6 +314,48 @@ impl ConvGrad {
         ))
     }
 
+    /// Adds pass 2 (the fixed-order sum of the chunks' partials into dW and dBias) to pass 1.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_weight(
+        &self,
+        ctx: &Context,
+        d1: Dispatch,
+        params: Params,
+        chunks: usize,
+        partials: wgpu::Buffer,
+        dw: wgpu::Buffer,
+        db: wgpu::Buffer,
+    ) -> Result<WeightGrad> {
+        let spec = &self.spec;
+        let kp = params.kp as usize;
+        let mut params = params;
+        params.chunks = chunks as u32;
+        let pass2 = ctx.pipeline("conv_grad", "grad_finalize", &[])?;
+        let d2 = ctx.dispatch_at(
+            self.label("dW finalize"),
+            pass2,
+            &[
+                (4, &Binding::from(&partials)),
+                (5, &Binding::from(&dw)),
+                (6, &Binding::from(&db)),
+            ],
+            (7, &params),
+            grid((spec.cout * kp) as u64, WORKGROUP),
+            DispatchStats {
+                flops: (chunks * spec.cout * kp) as u64,
+                bytes: ((chunks + 1) * spec.cout * kp * 4) as u64,
+            },
+        );
+        Ok(WeightGrad {
+            dispatches: vec![d1, d2],
+            dw,
+            db,
+            chunks,
+            partials,
+            spec: *spec,
+        })
+    }
+
     /// Binds the forward input `x` and dY into the two dW/dBias dispatches, with fresh f32 output
     /// buffers (overwritten by every run, not accumulated).
     pub fn bind_weight(&self, ctx: &Context, x: &Tensor, dy: &Tensor) -> Result<WeightGrad> {
@@ -333,11 +392,32 @@ impl ConvGrad {
         let out = spec.output_shape(xs)?;
         expect_shape("conv_grad weight", "dY", dy, out)?;
         let total_quads = out.n * out.row_stride() / 4;
+        let kp = spec.weights_per_output() + 1;
+        if total_quads <= self.small_quads {
+            // One chunk; one invocation per (channel, weight).
+            let params = self.params(xs, out, 1, total_quads);
+            let partials = f32_storage(ctx, "conv_grad partials", spec.cout * kp)?;
+            let d1 = ctx.dispatch_at(
+                self.label("dW small"),
+                ctx.pipeline("conv_grad", "grad_weight_small", &[])?,
+                &[
+                    (0, &Binding::from(x)),
+                    (1, &Binding::from(dy)),
+                    (4, &Binding::from(&partials)),
+                ],
+                (7, &params),
+                grid((spec.cout * kp) as u64, WORKGROUP),
+                DispatchStats {
+                    flops: 2 * out.numel() as u64 * kp as u64,
+                    bytes: half_bytes(xs) + half_bytes(out) + (spec.cout * kp * 4) as u64,
+                },
+            );
+            return self.finish_weight(ctx, d1, params, 1, partials, dw, db);
+        }
         let chunks = total_quads.div_ceil(CHUNK_QUADS).clamp(1, MAX_CHUNKS);
         let chunk_quads = total_quads.div_ceil(chunks);
         let chunks = total_quads.div_ceil(chunk_quads);
         let mut params = self.params(xs, out, chunks, chunk_quads);
-        let kp = params.kp as usize;
         // Four output channels per workgroup where a group has several (dense, grouped): each x
         // gather then feeds four sums. Depthwise keeps one channel and 16 weights per workgroup.
         let cout_g = spec.cout / spec.groups;
@@ -378,7 +458,6 @@ impl ConvGrad {
         } else {
             ctx.pipeline("conv_grad", entry, &[])?
         };
-        let pass2 = ctx.pipeline("conv_grad", "grad_finalize", &[])?;
         let workgroups = (ntiles * otiles * chunks) as u64;
         let d1 = ctx.dispatch_at(
             self.label("dW"),
@@ -395,28 +474,6 @@ impl ConvGrad {
                 bytes: half_bytes(xs) + half_bytes(out) + (chunks * spec.cout * kp * 4) as u64,
             },
         );
-        let d2 = ctx.dispatch_at(
-            self.label("dW finalize"),
-            pass2,
-            &[
-                (4, &Binding::from(&partials)),
-                (5, &Binding::from(&dw)),
-                (6, &Binding::from(&db)),
-            ],
-            (7, &params),
-            grid((spec.cout * kp) as u64, WORKGROUP),
-            DispatchStats {
-                flops: (chunks * spec.cout * kp) as u64,
-                bytes: ((chunks + 1) * spec.cout * kp * 4) as u64,
-            },
-        );
-        Ok(WeightGrad {
-            dispatches: vec![d1, d2],
-            dw,
-            db,
-            chunks,
-            partials,
-            spec: *spec,
-        })
+        self.finish_weight(ctx, d1, params, chunks, partials, dw, db)
     }
 }

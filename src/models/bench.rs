@@ -25,6 +25,14 @@ pub const MODELS: &[(&str, &str)] = &[
         "arcface",
         "ArcFace IR-SE-101 identity encoder (112², once per source)",
     ),
+    (
+        "mobilefsgan",
+        "MobileFSGAN generator per frame (256², identity injected once before timing)",
+    ),
+    (
+        "mobilefacenet",
+        "MobileFaceNet-512, MobileFSGAN's identity model (112², once per source)",
+    ),
 ];
 
 /// IR-SE-101, the ArcFace of MobileFaceSwap.
@@ -111,6 +119,7 @@ pub fn build(
                     &super::arcface::manifest(ARCFACE_DEPTHS, &Weights::default()),
                     1,
                 ),
+                "mobilefsgan" | "mobilefacenet" => random_weights(&Manifest::builtin(model)?, 1),
                 _ => random_weights(&Manifest::builtin("mobilefaceswap")?, 1),
             };
             (&random, random.origin.clone())
@@ -120,6 +129,26 @@ pub fn build(
         "arcface" => ArcFace::new(ctx, w, batch)?.plan,
         "mobilefacenet128" => super::mobilefacenet::MobileFaceNet::new(ctx, w, batch)?.plan,
         "injection" => Injection::new(ctx, w)?.plan,
+        "mobilefacenet" => super::mobilefacenet512::MobileFaceNet512::new(ctx, w, batch)?.plan,
+        "mobilefsgan" => {
+            let size = super::mobilefsgan::SIZE;
+            let net = super::mobilefsgan::MobileFsgan::new(ctx, w, batch, size, size)?;
+            let mut rng = super::random::SplitMix::new(7);
+            let mut emb = Vec::with_capacity(batch * 512);
+            for _ in 0..batch {
+                let e: Vec<f32> = (0..512).map(|_| rng.uniform(-1.0, 1.0)).collect();
+                let norm = e.iter().map(|v| v * v).sum::<f32>().sqrt();
+                emb.extend(e.iter().map(|v| v / norm));
+            }
+            net.injection.embedding.write_f32(ctx, &emb)?;
+            net.injection.plan.run(ctx)?;
+            let g = &net.generator;
+            let frame: Vec<f32> = (0..g.target.shape().numel())
+                .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+                .collect();
+            g.target.write_f32(ctx, &frame)?;
+            g.plan.clone()
+        }
         _ => {
             let (identity, statics) = if w.contains("Encoder.0.0.weight") {
                 Manifest::builtin("idn")?.check(w)?;

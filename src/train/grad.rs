@@ -20,6 +20,8 @@ pub const MODELS: &[(&str, &[&str])] = &[
         &["id_embedding", "id_feature_map", "target"],
     ),
     ("arcface", &["face"]),
+    ("lightweight", &["face"]),
+    ("original", &["face"]),
 ];
 
 type Tensors = BTreeMap<String, HostTensor>;
@@ -100,6 +102,11 @@ fn build<'c>(
             ins.push(("face".into(), face, vec![n, 3, INPUT, INPUT]));
             outs.push(("id_embedding".into(), v.embedding, vec![n, 512]));
             outs.push(("id_feature_map".into(), v.feature_map, vec![n, 512, 7, 7]));
+        }
+        "lightweight" | "original" => {
+            let (i, o) = super::autoencoder::grad_graph(&mut g, model, w, inputs)?;
+            ins.extend(i);
+            outs.extend(o);
         }
         _ => {
             return Err(Error::param(
@@ -187,7 +194,7 @@ pub fn grad(
     all.extend(grads.plan.refs());
     ctx.run(&all)?;
     ctx.wait()?;
-    let mut out = export(g, weights, true)?;
+    let mut out = super::autoencoder::grads_to_file(model, weights, export(g, weights, true)?)?;
     for (name, v, shape) in &m.inputs {
         let data = match grads.input(*v) {
             Some(t) => t.to_f32(ctx)?,

@@ -26,6 +26,14 @@ pub struct TrainStep<'c> {
     pub schedule: Schedule,
     /// Steps taken (resume sets it).
     pub step: u64,
+    /// Every step's parameter sync (frozen weights are synced once, at the first step and after
+    /// a restore).
+    sync: Plan,
+    /// The next step syncs every parameter.
+    pub full_sync: bool,
+    /// How many of the graph's parameters (the first ones) a checkpoint holds: all by default;
+    /// fewer when frozen networks were built after the trained one.
+    pub checkpointed: usize,
 }
 
 impl<'c> TrainStep<'c> {
@@ -57,7 +65,11 @@ impl<'c> TrainStep<'c> {
             })
             .collect();
         let optim = OptimizerStep::new(graph.ctx(), optimizer, &params, scaler, max_grad_norm)?;
+        let checkpointed = graph.params().len();
+        let sync = graph.sync_changing();
         Ok(TrainStep {
+            sync,
+            full_sync: true,
             graph,
             grads,
             loss,
@@ -66,12 +78,13 @@ impl<'c> TrainStep<'c> {
             loss_slots,
             schedule,
             step: 0,
+            checkpointed,
         })
     }
 
-    /// The dispatches of one step, in order.
+    /// The dispatches of one step, in order (after the first: frozen weights are not re-synced).
     pub fn dispatches(&self) -> Vec<&Dispatch> {
-        let mut all = self.graph.sync().refs();
+        let mut all = self.sync.refs();
         all.extend(self.graph.forward().refs());
         all.extend(self.loss.refs());
         all.extend(self.grads.plan.refs());
@@ -84,6 +97,10 @@ impl<'c> TrainStep<'c> {
     pub fn run(&mut self, ctx: &Context) -> Result<()> {
         let lr = self.schedule.lr(self.step);
         self.optim.set_step(ctx, lr, self.step + 1)?;
+        if self.full_sync {
+            self.graph.sync().run(ctx)?;
+            self.full_sync = false;
+        }
         ctx.run(&self.dispatches())?;
         self.step += 1;
         Ok(())

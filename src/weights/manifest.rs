@@ -21,6 +21,14 @@ const BUILTIN: &[(&str, &str)] = &[
         "mobilefacenet128",
         include_str!("../../weights/mobilefacenet128.json"),
     ),
+    (
+        "mobilefsgan",
+        include_str!("../../weights/mobilefsgan.json"),
+    ),
+    (
+        "mobilefacenet",
+        include_str!("../../weights/mobilefacenet.json"),
+    ),
 ];
 
 /// One expected tensor.

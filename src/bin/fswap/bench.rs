@@ -22,8 +22,8 @@ pub struct Args {
     /// Print JSON instead of a table: one object per model (an array without --model).
     #[arg(long)]
     json: bool,
-    /// Benchmark this model (idn, injection, arcface); default: every model. Kernel families are
-    /// benchmarked with --kernels or --family instead.
+    /// Benchmark this model (idn, injection, arcface, mobilefsgan, mobilefacenet); default: every
+    /// model. Kernel families are benchmarked with --kernels or --family instead.
     #[arg(long, value_name = "NAME", conflicts_with_all = ["family", "kernels"])]
     model: Option<String>,
     /// Frames per run for model benchmarks.

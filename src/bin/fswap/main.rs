@@ -3,12 +3,15 @@
 //! `fswap identity` bakes a source identity into the per-frame model.
 
 mod bench;
+mod convert;
 mod detect;
 mod eval;
+mod extract;
 mod grad;
 mod identity;
 mod info;
 mod swap;
+mod train;
 
 use clap::{Parser, Subcommand};
 use fswap::gpu::BackendChoice;
@@ -51,6 +54,12 @@ enum Command {
     Detect(detect::Args),
     /// Swap the source's face into images, folders or videos.
     Swap(swap::Args),
+    /// Cut aligned faces out of videos, images or folders into a faceset.
+    Extract(extract::Args),
+    /// Train on the GPU: distil or fine-tune MobileFaceSwap, or a per-pair autoencoder.
+    Train(train::Args),
+    /// Swap the faces of a video or images with a trained per-pair autoencoder.
+    Convert(convert::Args),
 }
 
 /// A non-empty option value (an empty environment variable counts as unset).
@@ -89,6 +98,9 @@ fn run(cli: &Cli) -> Result<()> {
         Command::Identity(args) => identity::run(&options, args),
         Command::Detect(args) => detect::run(&options, args),
         Command::Swap(args) => swap::run(&options, args),
+        Command::Extract(args) => extract::run(&options, args),
+        Command::Train(args) => train::run(&options, args),
+        Command::Convert(args) => convert::run(&options, args),
     }
 }
 

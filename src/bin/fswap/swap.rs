@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use clap::Args as ClapArgs;
 use fswap::face::pipeline::{
-    choose, identity_from_image, idn_statics, image_list, model_file, Analyzer, Face, FrameSwapper,
-    IdentityMeter, Select,
+    choose, fsgan_identity_from_image, identity_from_image, idn_statics, image_list, model_file,
+    Analyzer, Face, FrameSwapper, IdentityMeter, Select, SourceIdentity,
 };
 use fswap::face::smooth::{OneEuro, Smoother};
 use fswap::media::{image as img_io, video};
@@ -31,6 +31,10 @@ pub struct Args {
     /// Folder with the model files (see weights/README.md).
     #[arg(long)]
     models: PathBuf,
+    /// The swap network: mobilefaceswap (224 template; arcface + mobilefaceswap files) or
+    /// mobilefsgan (256 template; mobilefacenet + mobilefsgan files).
+    #[arg(long, default_value = "mobilefaceswap")]
+    model: String,
     /// Which target faces: all, largest, index:N.
     #[arg(long, default_value = "all")]
     select: String,
@@ -68,8 +72,7 @@ pub struct Args {
 struct Session {
     ctx: Context,
     analyzer: Analyzer,
-    identity: fswap::models::mobilefaceswap::Identity,
-    statics: fswap::weights::Weights,
+    identity: SourceIdentity,
     meter: Option<IdentityMeter>,
     source_embedding: Option<Vec<f32>>,
     select: Select,
@@ -120,10 +123,9 @@ impl Session {
         }
         let size = (img.width(), img.height());
         if self.swapper.as_ref().map(|(s, _)| *s) != Some(size) {
-            let sw = FrameSwapper::with_options(
+            let sw = FrameSwapper::for_identity(
                 &self.ctx,
                 &self.identity,
-                &self.statics,
                 size.0 as usize,
                 size.1 as usize,
                 self.max_faces,
@@ -165,13 +167,32 @@ pub fn run(options: &ContextOptions, args: &Args) -> Result<()> {
     if args.max_faces == 0 {
         return Err(Error::param("--max-faces", "must be at least 1"));
     }
+    if !["mobilefaceswap", "mobilefsgan"].contains(&args.model.as_str()) {
+        return Err(Error::param(
+            "--model",
+            format!("'{}' (expected mobilefaceswap or mobilefsgan)", args.model),
+        ));
+    }
     let ctx = Context::new(options)?;
     eprintln!("device: {}", ctx.describe());
     let mut analyzer = Analyzer::open(&ctx, &args.models)?;
-    let arcface = model_file(&args.models, "arcface.safetensors")?;
-    let mfs = model_file(&args.models, "mobilefaceswap.safetensors")?;
-    let (identity, source_face) =
-        identity_from_image(&ctx, &mut analyzer, &arcface, &mfs, &source, &args.source)?;
+    let (identity, source_face) = if args.model == "mobilefsgan" {
+        let mfn = model_file(&args.models, "mobilefacenet.safetensors")?;
+        let gen = model_file(&args.models, "mobilefsgan.safetensors")?;
+        fsgan_identity_from_image(&ctx, &mut analyzer, &mfn, &gen, &source, &args.source)?
+    } else {
+        let arcface = model_file(&args.models, "arcface.safetensors")?;
+        let mfs = model_file(&args.models, "mobilefaceswap.safetensors")?;
+        let (identity, face) =
+            identity_from_image(&ctx, &mut analyzer, &arcface, &mfs, &source, &args.source)?;
+        (
+            SourceIdentity::MobileFaceSwap {
+                identity,
+                statics: idn_statics(&mfs),
+            },
+            face,
+        )
+    };
     let meter = if args.report || args.reference.is_some() {
         Some(IdentityMeter::open(&ctx, &args.models)?)
     } else {
@@ -205,7 +226,6 @@ pub fn run(options: &ContextOptions, args: &Args) -> Result<()> {
         ctx,
         analyzer,
         identity,
-        statics: idn_statics(&mfs),
         meter,
         source_embedding,
         select,

@@ -7,29 +7,14 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use common::cli::{python, root, text};
 use std::sync::OnceLock;
 
 use fswap::weights::Weights;
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn tmp(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("fswap-cli-train-{}-{name}", std::process::id()))
-}
-
-fn python(args: &[&str]) {
-    let o = Command::new("python3")
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("python3");
-    assert!(
-        o.status.success(),
-        "python3 {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
 }
 
 /// ArcFace (depths 1,1,1,1) and a MobileFaceSwap teacher, seeded, exported by the tool chain;
@@ -89,22 +74,6 @@ fn setup() -> &'static PathBuf {
         }
         dir
     })
-}
-
-fn fswap(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fswap"))
-        .args(["--backend", "vulkan"])
-        .args(args)
-        .output()
-        .expect("run fswap")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// A config for run folder `dir/run`: `body` holds the other sections, `output` extra keys of
@@ -381,4 +350,8 @@ fn config_and_data_errors_are_clear() {
     assert!(!o.status.success());
     assert!(text(&o).contains("checkpoint"), "{}", text(&o));
     std::fs::remove_dir_all(&dir).ok();
+}
+
+fn fswap(args: &[&str]) -> Output {
+    common::cli::fswap(env!("CARGO_BIN_EXE_fswap"), args)
 }

@@ -2,46 +2,17 @@
 //! through the binary on lavapipe: facesets cut from the shared photos, a short Lightweight run
 //! (loss log with `step,loss_a,loss_b`, curve, preview grid, checkpoint, exported model with the
 //! run metadata), resume, and argument errors.
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
+
+use common::cli::{python, root, text};
 
 use fswap::weights::Weights;
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn tmp(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("fswap-cli-ae-{}-{name}", std::process::id()))
-}
-
-fn python(args: &[&str]) {
-    let o = Command::new("python3")
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("python3");
-    assert!(
-        o.status.success(),
-        "python3 {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
-fn fswap(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fswap"))
-        .args(["--backend", "vulkan"])
-        .args(args)
-        .output()
-        .expect("run fswap")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// The detector, landmark and identity models `fswap extract` needs, exported by the tool chain.
@@ -196,4 +167,8 @@ fn extract_then_train_a_short_run_and_resume() {
     assert!(!o.status.success());
     assert!(text(&o).contains("nothing"), "{}", text(&o));
     std::fs::remove_dir_all(&dir).ok();
+}
+
+fn fswap(args: &[&str]) -> Output {
+    common::cli::fswap(env!("CARGO_BIN_EXE_fswap"), args)
 }

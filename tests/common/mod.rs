@@ -1,6 +1,7 @@
 //! Shared test support: one context per storage path, seeded data, f16 rounding and comparisons.
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod reference;
 
 use std::sync::OnceLock;

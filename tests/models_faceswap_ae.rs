@@ -763,46 +763,64 @@ fn bench_training_step_64_batch_16() {
     use fswap::autograd::Graph;
     use fswap::train::autoencoder::build_pair;
     let ctx = &contexts()[0];
+    let batch: usize = std::env::var("FSWAP_BENCH_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(16);
     for arch in [Arch::Lightweight, Arch::Original] {
         let cfg = Config::new(arch, 64).unwrap();
         let w = init_weights(&cfg, 1, true);
         let mut g = Graph::new(ctx);
-        let (_, v) = build_pair(&mut g, arch, &w, 16).unwrap();
+        let (_, v) = build_pair(&mut g, arch, &w, batch).unwrap();
         let mut rng = Rng::new(1);
         for input in [v.faces_a, v.faces_b] {
             g.tensor(input)
-                .write_f32(ctx, &rng.vec(16 * 3 * 64 * 64, 0.0, 1.0))
+                .write_f32(ctx, &rng.vec(batch * 3 * 64 * 64, 0.0, 1.0))
                 .unwrap();
         }
         let seeds: Vec<_> = [v.a.face, v.b.face]
             .iter()
             .map(|&o| {
                 let s = g.shape(o);
-                (
-                    o,
-                    Tensor::from_f32(ctx, s, &rng.vec(s.numel(), -1e-3, 1e-3), "seed").unwrap(),
-                )
+                let seed = rng.vec(s.numel(), -1e-3, 1e-3);
+                (o, Tensor::from_f32(ctx, s, &seed, "seed").unwrap())
             })
             .collect();
         let grads = g.backward(&seeds).unwrap();
         ctx.run(&g.sync().refs()).unwrap();
-        let mut step = g.forward().refs();
+        let fwd = g.forward().refs();
+        let mut step = fwd.clone();
         step.extend(grads.plan.refs());
-        ctx.run(&step).unwrap();
-        ctx.wait().unwrap();
-        let reps = 3;
-        let t = std::time::Instant::now();
-        for _ in 0..reps {
-            ctx.run(&step).unwrap();
-            ctx.wait().unwrap();
-        }
-        let ms = t.elapsed().as_secs_f64() * 1e3 / reps as f64;
+        let whole = ctx.time(&step, 1, 1).unwrap();
+        let forward = ctx.time(&fwd, 0, 1).unwrap();
         eprintln!(
-            "{} 64×64 batch 16 (A and B), forward + backward [{}]: {ms:.0} ms per step, {} \
-             dispatches",
+            "{} 64×64 batch {batch} per side (A and B): forward + backward {:.0} ms per step \
+             (forward alone {:.0} ms), {} dispatches, {:.1} GFLOP/s [{}, {}]",
             arch.name(),
+            whole.total_micros / 1e3,
+            forward.total_micros / 1e3,
+            step.len(),
+            whole.stats().flops as f64 / whole.total_micros / 1e3,
             label(ctx),
-            step.len()
+            whole.timing
         );
+        // where the time goes, by kernel kind
+        let prof = ctx.profile(&step, 0, 1).unwrap();
+        let mut by: std::collections::BTreeMap<String, (f64, u64)> = Default::default();
+        for e in &prof.entries {
+            let kind = e.label.split_whitespace().next().unwrap_or("").to_string();
+            let k = by.entry(kind).or_default();
+            k.0 += e.micros;
+            k.1 += e.stats.flops;
+        }
+        let mut kinds: Vec<_> = by.into_iter().collect();
+        kinds.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
+        for (kind, (us, flops)) in kinds.iter().take(8) {
+            eprintln!(
+                "  {kind:24} {:8.0} ms  {:6.1} GFLOP/s",
+                us / 1e3,
+                *flops as f64 / us / 1e3
+            );
+        }
     }
 }

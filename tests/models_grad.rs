@@ -7,8 +7,15 @@
 //! each gradient with every activation and activation gradient rounded to fp16 and records the
 //! largest deviation from float64 (`grad_fp16_err`). Rounding moves some pre-activations across a
 //! LeakyReLU / PReLU kink, so this is large where kinks are dense (the mask branch: 15–33% of the
-//! scale). Every element must be within `4·grad_fp16_err + 0.02·max|g|`; sampled tensors also by
-//! their norm. A wrong adjoint misses by far more (a transposed square Linear: 2.3× the scale).
+//! scale). That emulation is one draw of the fp16 noise; the goldens also record the largest
+//! deviation over 8 draws with dithered rounding (`grad_fp16_spread`), which matters where one
+//! draw is far from typical: ArcFace's shared PReLU slopes sum ~10⁵ kink-sensitive terms, and a
+//! relative 2⁻¹² perturbation of layer1's input alone moves layer1.0's slope gradient by up to 10%
+//! in float64 (the round-to-nearest draw happened to land 0.2% off, the dithered draws up to 12%;
+//! the engine lands 3.3% off). Every element must be within
+//! `max(4·grad_fp16_err, 2·grad_fp16_spread) + 0.02·max|g|`; sampled tensors also by their norm.
+//! A wrong adjoint misses by far more (a transposed square Linear: 2.3× the scale); the kernels'
+//! own exactness is checked per kernel against PyTorch in `tests/kernels_grad_golden.rs`.
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -142,19 +149,13 @@ fn ours_as(t: &HostTensor, shape: &[usize], in_out: bool) -> Vec<f32> {
 
 /// Multiple of the golden's fp16-storage error model a gradient may deviate by.
 const FP16_MODEL: f64 = 4.0;
+/// Multiple of the largest deviation over the golden's dithered fp16 emulations.
+const FP16_SPREAD: f64 = 2.0;
 /// Plus this fraction of the gradient's largest magnitude (order and f32 accumulation).
 const SCALE_FRAC: f64 = 0.02;
 
-/// Tensors with a known, open deviation beyond the fp16 model: ArcFace's PReLU slope gradients
-/// come out 1.5–3% low in magnitude (up to 6.35× the model). They are held to a 10% relative L2
-/// bound here, and to the strict bound by the ignored test `arcface_prelu_slopes_strict`.
-fn known_open(case: &str, name: &str) -> bool {
-    case == "arcface" && name.ends_with("prelu._weight")
-}
-
-/// Compares every gradient of a case; `strict_open` also holds the known-open tensors to the
-/// fp16-model bound. Returns the worst ratio of error to allowed error.
-fn compare(case: &str, golden: &Weights, ours: &Weights, strict_open: bool) -> f64 {
+/// Compares every gradient of a case. Returns the worst ratio of error to allowed error.
+fn compare(case: &str, golden: &Weights, ours: &Weights) -> f64 {
     let mut names = list(golden, "inputs");
     names.extend(list(golden, "parameters"));
     let linear = list(golden, "linear_weights");
@@ -166,6 +167,7 @@ fn compare(case: &str, golden: &Weights, ours: &Weights, strict_open: bool) -> f
             serde_json::from_str(meta(golden, &format!("grad_shape.{name}"))).unwrap();
         let max_abs = num(format!("grad_max_abs.{name}"));
         let fp16_err = num(format!("grad_fp16_err.{name}"));
+        let spread = num(format!("grad_fp16_spread.{name}"));
         let t = ours
             .tensors()
             .get(name)
@@ -177,7 +179,7 @@ fn compare(case: &str, golden: &Weights, ours: &Weights, strict_open: bool) -> f
                 .map(String::as_str)
                 == Some("in_out");
         let mine = ours_as(t, &shape, in_out);
-        let bound = FP16_MODEL * fp16_err + SCALE_FRAC * max_abs;
+        let bound = (FP16_MODEL * fp16_err).max(FP16_SPREAD * spread) + SCALE_FRAC * max_abs;
         let (reference, picked): (Vec<f32>, Vec<f32>) =
             if let Some(full) = golden.tensors().get(&format!("grad.{name}")) {
                 (full.data.clone(), mine.clone())
@@ -200,23 +202,14 @@ fn compare(case: &str, golden: &Weights, ours: &Weights, strict_open: bool) -> f
             .zip(&picked)
             .map(|(a, b)| (*a as f64 - *b as f64).abs())
             .fold(0.0, f64::max);
-        let ratio = if known_open(case, name) && !strict_open {
-            let d2: f64 = reference
-                .iter()
-                .zip(&picked)
-                .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
-                .sum();
-            let r2: f64 = reference.iter().map(|a| (*a as f64).powi(2)).sum();
-            (d2 / r2.max(1e-30)).sqrt() / 0.1
-        } else {
-            err / bound
-        };
+        let ratio = err / bound;
         if ratio > worst.0 {
             worst = (ratio, name.clone());
         }
         if ratio > 1.0 {
             failures.push(format!(
-                "{name}: max err {err:.3e} > {bound:.3e} (fp16 model {fp16_err:.3e}, scale {max_abs:.3e})"
+                "{name}: max err {err:.3e} > {bound:.3e} (fp16 model {fp16_err:.3e}, spread \
+                 {spread:.3e}, scale {max_abs:.3e})"
             ));
         }
     }
@@ -234,33 +227,26 @@ fn compare(case: &str, golden: &Weights, ours: &Weights, strict_open: bool) -> f
 fn idn_gradients_match_pytorch_on_both_storage_paths() {
     for storage in ["f16", "packed"] {
         let (golden, ours) = run_case("idn", storage);
-        compare(&format!("idn ({storage})"), &golden, &ours, false);
+        compare(&format!("idn ({storage})"), &golden, &ours);
     }
 }
 
 #[test]
 fn idn_training_mode_gradients_match_pytorch() {
     let (golden, ours) = run_case("idn_train", "f16");
-    compare("idn_train", &golden, &ours, false);
+    compare("idn_train", &golden, &ours);
 }
 
 #[test]
 fn injection_and_idn_gradients_match_pytorch() {
     let (golden, ours) = run_case("mobilefaceswap", "f16");
-    compare("mobilefaceswap", &golden, &ours, false);
+    compare("mobilefaceswap", &golden, &ours);
 }
 
 #[test]
 fn arcface_gradients_match_pytorch() {
     let (golden, ours) = run_case("arcface", "f16");
-    compare("arcface", &golden, &ours, false);
-}
-
-#[test]
-#[ignore = "open: ArcFace's PReLU slope gradients are 1.5–3% low (issue 5 closing note)"]
-fn arcface_prelu_slopes_strict() {
-    let (golden, ours) = run_case("arcface", "f16");
-    compare("arcface", &golden, &ours, true);
+    compare("arcface", &golden, &ours);
 }
 
 #[test]

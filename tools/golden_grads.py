@@ -65,6 +65,10 @@ Metadata (all strings): ``format``, ``case``, ``model``, ``train_mode`` (true/fa
 ``grad_fp16_err.NAME`` (max |g16 - g| where g16 is the same gradient computed with every
 activation and activation gradient rounded to float16 where the reference materialises one: the
 error fp16 storage alone causes, a scale for per-tensor tolerances);
+``grad_fp16_spread.NAME`` (max over 8 seeded draws of max |g_k - g|, g_k the same emulation with
+dithered rounding: +-1/2 ulp of uniform noise before rounding each value; one draw can be far
+below the typical fp16 error where a gradient sums many kink-sensitive terms, e.g. ArcFace's
+shared PReLU slopes, see ``fp16_spread``);
 ``structurally_zero`` (JSON list: gradients that are mathematically 0, e.g. a conv bias before a
 train-mode BN; stored values are float64 round-off < 1e-9, compare them absolutely);
 ``sha256.<file>`` for every file used (inputs, seeds, checkpoints, weights, the model golden the
@@ -116,6 +120,8 @@ F16_TINY = 6e-8  # ~ smallest float16 subnormal (5.96e-8): below it a value flus
 F16_NORMAL = 6.1e-5  # smallest normal float16: below it relative precision degrades
 ZERO_GRAD = 1e-9  # |g| below this everywhere: a structurally zero gradient (round-off only)
 FD_TOL = 1e-4  # finite differences vs autograd (a wrong gradient is off by O(1))
+SPREAD_DRAWS = 8  # dithered fp16 emulations behind grad_fp16_spread.NAME
+SPREAD_SEED = 16
 INPUTS_COMMAND = "python3 tools/grad_inputs.py {dir} --weights"
 GOLDEN_COMMAND = "python3 tools/golden_grads.py"
 
@@ -398,6 +404,46 @@ def fp16_emulation(case):
     return g16
 
 
+def _dither16(t, gen):
+    """``t`` rounded to float16 after a uniform perturbation of +-1/2 float16 ulp: an unbiased
+    rounding whose error (up to 1 ulp) varies from draw to draw."""
+    v = t.detach()
+    _, e = torch.frexp(v)
+    ulp = torch.clamp(torch.ldexp(torch.ones_like(v), e - 11), min=2.0 ** -24)
+    u = torch.rand(v.shape, generator=gen, dtype=torch.float64) - 0.5
+    return (v + u * ulp).to(torch.float16).to(torch.float64)
+
+
+def fp16_spread(case, grads):
+    """max over SPREAD_DRAWS draws of max |g_k - g|, per gradient, where g_k is ``fp16_emulation``
+    with dithered instead of round-to-nearest rounding (seeded, so deterministic). One emulation
+    is one draw of the fp16 noise: for gradients that sum many kink-sensitive terms (ArcFace's
+    shared PReLU slopes) a single draw can be far below the typical error (layer1.0's slope: 0.2%
+    off for the round-to-nearest draw, up to 12% over the 8 dithered ones). Returns
+    {name: spread}."""
+    gen = torch.Generator().manual_seed(SPREAD_SEED)
+
+    def r16(t):
+        t = t + (_dither16(t, gen) - t.detach())
+        if t.requires_grad:
+            t.register_hook(lambda g: _dither16(g, gen))
+        return t
+
+    handles = [m.register_forward_hook(lambda mod, inp, out: r16(out)
+                                       if isinstance(out, torch.Tensor) else None)
+               for m in case.module.modules()]
+    spread = {n: 0.0 for n in grads}
+    try:
+        for _ in range(SPREAD_DRAWS):
+            _, _, gk, _ = case.grads(detach_mask_input=True, tap=lambda _name, t: r16(t))
+            for n, g in grads.items():
+                spread[n] = max(spread[n], float((gk[n] - g).abs().max()))
+    finally:
+        for h in handles:
+            h.remove()
+    return spread
+
+
 def detach_effect(grads, grads_full):
     """max over gradients of ||g_detached - g_full|| / ||g_full|| (0 for models without the mask
     branch)."""
@@ -456,6 +502,7 @@ def run_case(name, work, out_dir):
     fd = fd_check(case, grads_full)
     assert fd["max_rel_err"] < FD_TOL, (name, fd)
     g16 = fp16_emulation(case)
+    spread = fp16_spread(case, grads)
 
     zero = sorted(n for n, g in grads.items() if float(g.abs().max()) < ZERO_GRAD)
     tensors, stats, flat = [], {}, {}
@@ -469,6 +516,7 @@ def run_case(name, work, out_dir):
         err16 = float((g16[n] - g).abs().max())
         flat[f"grad_fp16_err.{n}"] = _num(err16, 4)
         stats[n]["fp16_err"] = float(f"{err16:.4g}")
+        flat[f"grad_fp16_spread.{n}"] = _num(spread[n], 4)
         a = g.detach().numpy()
         if numel <= FULL_MAX:
             flat[f"grad_stride.{n}"] = "1"
